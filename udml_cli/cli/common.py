@@ -1,0 +1,81 @@
+"""What every command shares: the stderr console, prompts, JSON output, shared options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from udml_cli.errors import UsageError
+
+console = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML run config (see templates/).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one value: section.key=value (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before replacing things.")]
+DataRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-root", help="Parent folder of the built-in datasets (or $UDML_DATA_ROOT)."
+    ),
+]
+
+
+def interactive() -> bool:
+    """True when a person can answer a prompt (both stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm(question: str, yes: bool, refuse: str) -> None:
+    """Go on if ``--yes`` or the person says yes; otherwise stop with ``refuse`` as the message."""
+    if yes:
+        return
+    if interactive():
+        if typer.confirm(question, default=False, err=True):
+            return
+        raise typer.Exit(1)
+    raise UsageError(f"{refuse} (no terminal to ask: pass --yes)")
+
+
+def ask(value: Any, prompt: str, option: str) -> Any:
+    """Return ``value`` or prompt for it at a terminal; without one, fail naming ``option``."""
+    if value is not None:
+        return value
+    if interactive():
+        return typer.prompt(prompt, err=True)
+    raise UsageError(f"missing {option} (no terminal to ask)")
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def progress() -> Progress:
+    """A rich progress bar on stderr (rich shows it live only when stderr is a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

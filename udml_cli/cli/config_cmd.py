@@ -1,0 +1,20 @@
+"""``udml config show``: the resolved configuration as TOML on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from udml_cli.cli.common import ConfigOpt, SetOpt
+
+app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (defaults < --config < --set) as TOML on stdout."""
+    from udml_cli.config import load_config
+
+    cfg = load_config(config, set_)
+    sys.stdout.write(cfg.to_toml())

@@ -1,0 +1,209 @@
+"""The one configuration model every command shares.
+
+Defaults are the official UDML-SS recipe for CUB (design.md §1). Values come, in increasing
+priority, from: the defaults, a TOML file (``--config``), the few common flags, ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from udml_cli.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str | None = Field(None, description="registered name, built-in name or layout path")
+    data_root: str | None = Field(None, description="root of the built-in datasets (cub, car, sop)")
+    image_size: int = Field(227, ge=8, description="crop size fed to the network")
+    resize: int = Field(256, ge=8, description="shorter side before cropping")
+    crop_scale_min: float = Field(0.16, gt=0, le=1, description="RandomResizedCrop lower scale")
+    flip: bool = Field(True, description="random horizontal flip while training")
+    cache: bool = Field(False, description="keep decoded, resized images in memory")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataConfig:
+        if self.image_size > self.resize:
+            raise ValueError(f"data.image_size ({self.image_size}) > data.resize ({self.resize})")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: str = Field("googlenet", description="backbone name (see `udml eval --help`)")
+    weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
+    dim: int = Field(512, ge=2, description="embedding size")
+    freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
+    head_init: Literal["random", "pca"] = Field(
+        "random", description="embedding head init: random (paper) or PCA of start features"
+    )
+
+
+class LossConfig(_Section):
+    alpha: float = Field(40.0, gt=0, description="Weight loss scale on negatives")
+    beta: float = Field(2.0, gt=0, description="Weight loss scale on positives")
+    base: float = Field(0.5, description="similarity offset")
+    margin: float = Field(0.1, ge=0, description="hard-mining margin")
+    metric_weight: float = Field(
+        1.0, ge=0, description="weight of the Weight loss (0: rotation only)"
+    )
+    rot_weight: float = Field(0.1, ge=0, description="lambda of the rotation loss (0: plain UDML)")
+    rot_batch: int = Field(16, ge=0, description="images of each batch rotated 4 ways")
+
+
+class ClusterConfig(_Section):
+    num_clusters: int = Field(100, ge=2, description="k of k-means = number of pseudo-classes")
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    init: Literal["kmeans++", "random"] = "kmeans++"
+    warm_start: bool = Field(True, description="start each re-clustering from the last centroids")
+    feature: Literal["embedding", "backbone"] = Field(
+        "embedding", description="which feature is clustered"
+    )
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(600, ge=1)
+    batch_size: int = Field(80, ge=2, description="P x K images per batch")
+    instances: int = Field(5, ge=2, description="K: images per cluster in a batch")
+    iters_per_epoch: int | None = Field(
+        None, ge=1, description="default: num_clusters * instances / batch_size (official)"
+    )
+    lr: float = Field(1e-5, gt=0, description="backbone learning rate")
+    head_lr: float = Field(1e-5, gt=0, description="embedding head learning rate")
+    rot_lr: float = Field(1e-5, gt=0, description="rotation head learning rate")
+    weight_decay: float = Field(5e-4, ge=0)
+    up_step: int = Field(5, ge=1, description="re-cluster every N epochs")
+    save_step: int = Field(50, ge=1, description="checkpoint every N epochs")
+    eval_step: int = Field(
+        0, ge=0, description="evaluate on the test split every N epochs (0: off)"
+    )
+    log_every: int = Field(10, ge=1, description="write metrics.jsonl every N iterations")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _pk(self) -> TrainConfig:
+        if self.batch_size % self.instances:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of "
+                f"train.instances ({self.instances})"
+            )
+        return self
+
+
+class EvalConfig(_Section):
+    split: str = "test"
+    recall_at: list[int] = Field([1, 2, 4, 8, 16, 32], min_length=1)
+    batch_size: int = Field(128, ge=1, description="images per forward pass when extracting")
+
+
+class EngineConfig(_Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere"
+    )
+    workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes")
+    channels_last: bool | Literal["auto"] = "auto"
+    deterministic: bool = Field(False, description="deterministic torch algorithms")
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    engine: EngineConfig = EngineConfig()
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def _parse_value(raw: str) -> Any:
+    """A TOML literal if it is one (1e-3, true, [1, 2], "x"), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+        section = first["loc"][0] if len(first["loc"]) > 1 else None
+        valid = (
+            Config.model_fields[section].annotation.model_fields
+            if section in Config.model_fields
+            else Config.model_fields
+        )
+        msg += f" (valid: {', '.join(valid)})"
+    else:
+        msg = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict):
+            msg += f", got {first['input']!r}"
+    where = f"{source}: " if source else ""
+    return f"{where}{key}: {msg}" if key else f"{where}{msg}"
+
+
+def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{source}: '{key}' must look like section.key (e.g. train.lr)")
+    section, name = parts
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{source}: '{section}' is not a section")
+    node[name] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < TOML file < flags (dotted keys, None = not given) < ``--set`` overrides."""
+    tree: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            tree = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value, "option")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected section.key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), _parse_value(raw.strip()), "--set")
+        source = "--set" if path is None else f"{path} + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a config stored inside a checkpoint."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, "checkpoint config")) from None

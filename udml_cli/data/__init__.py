@@ -1,0 +1,1 @@
+"""Datasets: registry, layouts and checks, converters, image datasets, transforms, samplers."""

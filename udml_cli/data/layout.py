@@ -1,0 +1,226 @@
+"""Reading and checking the two dataset layouts.
+
+``txt``: ``train.txt`` / ``test.txt`` with ``<relative path> <integer label> [<second label>]``
+per line (the official layout). ``folder``: ``train/<class>/<image>`` and ``test/<class>/<image>``.
+``read_split`` returns the samples of one split or raises; ``check_dataset`` collects every problem.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from udml_cli.data.registry import DatasetRef
+from udml_cli.errors import DatasetError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute
+    label: int
+    rel: str  # as written in the split file / relative to the root
+    label2: int | None = None
+
+
+@dataclass
+class Problem:
+    severity: str  # "error" or "warning"
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class SplitReport:
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """The absolute path of ``rel`` if it stays inside ``root``, else None."""
+    candidate = (root / rel).resolve()
+    try:
+        candidate.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return candidate
+
+
+def _parse_txt(ref: DatasetRef, split: str) -> SplitReport:
+    report = SplitReport()
+    name = f"{split}.txt"
+    path = ref.root / name
+    if not path.is_file():
+        report.problems.append(Problem("error", name, None, "file missing"))
+        return report
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        report.problems.append(Problem("error", name, None, f"cannot read: {e}"))
+        return report
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            report.problems.append(
+                Problem(
+                    "error", name, lineno, f"malformed line {line!r}: expected '<path> <label>'"
+                )
+            )
+            continue
+        rel, labels = parts[0], parts[1:]
+        try:
+            ints = [int(x) for x in labels]
+        except ValueError:
+            report.problems.append(
+                Problem("error", name, lineno, f"label {' '.join(labels)!r} is not an integer")
+            )
+            continue
+        full = _inside(ref.root, rel)
+        if full is None:
+            report.problems.append(
+                Problem("error", name, lineno, f"path {rel!r} escapes the dataset root")
+            )
+            continue
+        if rel in seen:
+            report.problems.append(
+                Problem(
+                    "error", name, lineno, f"duplicate entry {rel!r} (first on line {seen[rel]})"
+                )
+            )
+            continue
+        seen[rel] = lineno
+        if not full.is_file():
+            report.problems.append(Problem("error", name, lineno, f"missing file {rel!r}"))
+            continue
+        report.samples.append(Sample(full, ints[0], rel, ints[1] if len(ints) > 1 else None))
+    return report
+
+
+def _folder_classes(ref: DatasetRef) -> dict[str, int]:
+    names = set()
+    for split in SPLITS:
+        d = ref.root / split
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if p.is_dir())
+    return {n: i for i, n in enumerate(sorted(names))}
+
+
+def _parse_folder(ref: DatasetRef, split: str, classes: dict[str, int]) -> SplitReport:
+    report = SplitReport()
+    d = ref.root / split
+    if not d.is_dir():
+        report.problems.append(Problem("error", f"{split}/", None, "folder missing"))
+        return report
+    for cls in sorted(p for p in d.iterdir() if p.is_dir()):
+        for img in sorted(cls.rglob("*")):
+            if img.is_file() and is_image(img):
+                rel = img.relative_to(ref.root).as_posix()
+                report.samples.append(Sample(img.resolve(), classes[cls.name], rel))
+    return report
+
+
+def parse_split(ref: DatasetRef, split: str) -> SplitReport:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    if ref.layout == "txt":
+        report = _parse_txt(ref, split)
+    else:
+        report = _parse_folder(ref, split, _folder_classes(ref))
+    if not report.samples and not any(p.severity == "error" for p in report.problems):
+        where = f"{split}.txt" if ref.layout == "txt" else f"{split}/"
+        report.problems.append(Problem("error", where, None, "split is empty"))
+    return report
+
+
+def read_split(ref: DatasetRef, split: str) -> list[Sample]:
+    """The samples of one split; the first problem, if any, as one clear error."""
+    report = parse_split(ref, split)
+    errors = [p for p in report.problems if p.severity == "error"]
+    if errors:
+        more = (
+            f" (+{len(errors) - 1} more; run `udml dataset check {ref.root}`)"
+            if len(errors) > 1
+            else ""
+        )
+        raise DatasetError(f"dataset '{ref.name}' ({ref.root}): {errors[0]}{more}")
+    return report.samples
+
+
+def split_stats(samples: list[Sample]) -> dict:
+    counts: dict[int, int] = {}
+    for s in samples:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    sizes = sorted(counts.values())
+    return {
+        "images": len(samples),
+        "classes": len(counts),
+        "min_per_class": sizes[0] if sizes else 0,
+        "median_per_class": statistics.median(sizes) if sizes else 0,
+        "max_per_class": sizes[-1] if sizes else 0,
+    }
+
+
+def _decode_problem(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # Pillow raises many kinds for broken files
+        return f"cannot decode image: {type(e).__name__}: {e}"
+    return None
+
+
+def check_dataset(ref: DatasetRef, deep: bool = False, progress=None) -> dict:
+    """Every problem of both splits, per-split statistics, and the overlap warning."""
+    reports = {split: parse_split(ref, split) for split in SPLITS}
+    problems = [p for r in reports.values() for p in r.problems]
+    if deep:
+        total = sum(len(r.samples) for r in reports.values())
+        task = progress.add_task("decoding images", total=total) if progress else None
+        for split, r in reports.items():
+            for s in r.samples:
+                msg = _decode_problem(s.path)
+                if msg:
+                    problems.append(Problem("error", s.rel, None, msg))
+                if progress:
+                    progress.advance(task)
+    train_labels = {s.label for s in reports["train"].samples}
+    test_labels = {s.label for s in reports["test"].samples}
+    overlap = train_labels & test_labels
+    if overlap:
+        shown = ", ".join(str(x) for x in sorted(overlap)[:5])
+        problems.append(
+            Problem(
+                "warning",
+                "train/test",
+                None,
+                f"{len(overlap)} classes appear in both splits ({shown}…); the zero-shot "
+                "protocol wants them disjoint",
+            )
+        )
+    return {
+        "dataset": ref.name,
+        "root": str(ref.root),
+        "layout": ref.layout,
+        "splits": {split: split_stats(r.samples) for split, r in reports.items()},
+        "problems": [p.__dict__ | {"text": str(p)} for p in problems],
+        "errors": sum(p.severity == "error" for p in problems),
+        "warnings": sum(p.severity == "warning" for p in problems),
+        "ok": not any(p.severity == "error" for p in problems),
+    }

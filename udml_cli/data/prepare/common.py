@@ -1,0 +1,124 @@
+"""The layout writer shared by every converter, and the ``prepare`` driver."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from udml_cli.errors import DatasetError, UsageError
+
+# kind -> (module, default source or None, one-line description)
+KINDS: dict[str, tuple[str, str | None, str]] = {
+    "cub": ("cub", None, "CUB_200_2011 archive (images.txt, classes …): classes 1-100 / 101-200"),
+    "cars": ("cars", None, "Cars196 (car_ims/ + cars_annos.mat): classes 1-98 / 99-196"),
+    "sop": ("sop", None, "Stanford Online Products (Ebay_train.txt, Ebay_test.txt)"),
+    "fashion-mnist": (
+        "fashion_mnist",
+        "/usr/share/datasets/fashion-mnist",
+        "Fashion-MNIST IDX .gz files: classes 0-4 of train / 5-9 of t10k",
+    ),
+    "emoji": ("emoji", None, "one emoji drawn by Twemoji, OpenMoji and Noto = one class"),
+    "folder": ("folder", None, "any <class>/<images> tree: class-disjoint halves"),
+}
+
+
+class LayoutWriter:
+    """Collects images into ``<root>/<split>/...`` and writes ``train.txt`` / ``test.txt``."""
+
+    def __init__(self, root: Path, link: bool = True) -> None:
+        self.root = root
+        self.link = link
+        self.lines: dict[str, list[str]] = {"train": [], "test": []}
+
+    def _target(self, split: str, rel: str) -> Path:
+        target = self.root / split / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def add_file(self, split: str, rel: str, src: Path, label: int, label2: int | None = None):
+        target = self._target(split, rel)
+        if not src.is_file():
+            raise DatasetError(f"source image missing: {src}")
+        if self.link:
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copyfile(src, target)
+        else:
+            shutil.copyfile(src, target)
+        self._record(split, rel, label, label2)
+
+    def add_image(self, split: str, rel: str, image, label: int, label2: int | None = None):
+        image.save(self._target(split, rel))
+        self._record(split, rel, label, label2)
+
+    def _record(self, split: str, rel: str, label: int, label2: int | None) -> None:
+        if any(c.isspace() for c in rel):
+            raise DatasetError(f"image path {rel!r} contains white space; rename it first")
+        extra = f" {label2}" if label2 is not None else ""
+        self.lines[split].append(f"{split}/{rel} {label}{extra}")
+
+    def finish(self, notes: str | None = None) -> None:
+        for split, lines in self.lines.items():
+            (self.root / f"{split}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        if notes:
+            (self.root / "SOURCE.txt").write_text(notes)
+
+
+def prepare(
+    kind: str,
+    source: Path | None,
+    out: Path,
+    replace: bool = False,
+    link: bool = True,
+    progress=None,
+    **options,
+) -> Path:
+    """Convert ``source`` into ``out``; ``out`` appears only when conversion succeeded."""
+    if kind not in KINDS:
+        raise UsageError(f"unknown dataset kind '{kind}' (valid: {', '.join(KINDS)})")
+    module_name, default_source, _ = KINDS[kind]
+    if source is None:
+        if default_source is None and kind != "emoji":
+            raise UsageError(f"prepare {kind} needs --source (the downloaded, extracted archive)")
+        source = Path(default_source) if default_source else None
+    if source is not None and not source.exists():
+        raise DatasetError(f"source not found: {source}")
+    out = out.expanduser().resolve()
+    if out.exists() and not replace:
+        raise UsageError(f"output folder {out} already exists; use --yes to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        module = importlib.import_module(f"udml_cli.data.prepare.{module_name}")
+        writer = LayoutWriter(tmp, link=link)
+        module.convert(source, writer, progress=progress, **options)
+        if not writer.lines["train"] or not writer.lines["test"]:
+            raise DatasetError(f"{kind} conversion of {source} produced an empty split")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+    return out
+
+
+def track(progress, items, description: str, total: int | None = None):
+    """Iterate ``items`` with a progress bar when a rich Progress is given."""
+    if progress is None:
+        yield from items
+        return
+    task = progress.add_task(description, total=total if total is not None else len(items))
+    for item in items:
+        yield item
+        progress.advance(task)
