@@ -193,7 +193,7 @@ def check_dataset(ref: DatasetRef, deep: bool = False, progress=None) -> dict:
     if deep:
         total = sum(len(r.samples) for r in reports.values())
         task = progress.add_task("decoding images", total=total) if progress else None
-        for split, r in reports.items():
+        for r in reports.values():
             for s in r.samples:
                 msg = _decode_problem(s.path)
                 if msg:
