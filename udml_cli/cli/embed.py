@@ -1,8 +1,102 @@
-"""placeholder"""
+"""``udml embed FOLDER``: one float32 row per image, as .npy on stdout or in --out."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from udml_cli.cli.common import ConfigOpt, SetOpt, console, progress
+from udml_cli.cli.evaluate import BackboneOpt, DeviceOpt, ImageSizeOpt, WeightsOpt
 
-def embed() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+
+def embed(
+    folder: Annotated[Path, typer.Argument(help="Folder of images.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint written by udml train.")
+    ] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help=".npy file (default: stdout).")
+    ] = None,
+    paths: Annotated[
+        Path | None, typer.Option(help="Write one relative path per row to this text file.")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Include subfolders.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
+    ] = False,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Embed every image under FOLDER (sorted order) into an (N, dim) float32 .npy.
+
+    \b
+    udml embed photos/ --checkpoint runs/demo/last.pt > vectors.npy
+    udml embed photos/ --backbone efficientnet_lite0 --weights imagenet -o v.npy --paths v.txt
+    """
+    import numpy as np
+
+    from udml_cli.config import load_config
+    from udml_cli.data.images import FolderDataset, list_images
+    from udml_cli.data.transforms import eval_transform
+    from udml_cli.engine import extract, resolve_engine
+    from udml_cli.errors import DatasetError, UsageError
+    from udml_cli.fileio import atomic_write_bytes, atomic_write_text
+    from udml_cli.inference import image_size_flags, load_model
+
+    if out is None and sys.stdout.isatty():
+        raise UsageError(
+            "refusing to write binary .npy to a terminal: redirect (> v.npy) or use --out"
+        )
+    if not folder.is_dir():
+        raise DatasetError(f"not a folder: {folder}")
+    files = list_images(folder, recursive)
+    if not files:
+        hint = "" if recursive else " (add --recursive for subfolders)"
+        raise DatasetError(f"no images in {folder}{hint}")
+    flags = {
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "engine.device": device,
+        **image_size_flags(image_size),
+    }
+    cfg = load_config(config, set_, flags)
+    model, cfg, _ = load_model(cfg, checkpoint, backbone)
+    engine = resolve_engine(cfg.engine)
+    model = engine.prepare_model(model).eval()
+    dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
+    with progress() as bar:
+        x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, "embedding", bar)
+    bad = [files[i] for i in sorted(set(range(len(files))) - set(index.tolist()))]
+    for path in bad:
+        console.print(f"[yellow]warning:[/] skipped unreadable image {path}")
+    if bad and strict:
+        raise DatasetError(f"{len(bad)} unreadable images (first: {bad[0]}); nothing written")
+    keep = index >= 0
+    x, index = x[keep].astype(np.float32), index[keep]
+    if len(x) == 0:
+        raise DatasetError(f"none of the {len(files)} images in {folder} could be read")
+    buf = io.BytesIO()
+    np.save(buf, x)
+    if paths is not None:
+        atomic_write_text(
+            paths, "".join(files[i].relative_to(folder).as_posix() + "\n" for i in index)
+        )
+    if out is not None:
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.flush()
+    console.print(
+        f"embedded {len(x)} images → ({x.shape[0]}, {x.shape[1]}) float32"
+        + (f"; skipped {len(bad)} unreadable" if bad else "")
+    )

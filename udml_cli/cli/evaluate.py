@@ -1,8 +1,100 @@
-"""placeholder"""
+"""``udml eval``: Recall@K, NMI, MAP@R and R-Precision on a split never seen in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from udml_cli.cli.common import (
+    ConfigOpt,
+    DataRootOpt,
+    JsonOpt,
+    SetOpt,
+    console,
+    emit_json,
+    progress,
+)
+
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(help="Evaluate this backbone's pooled feature (no head) instead of a checkpoint."),
+]
+WeightsOpt = Annotated[
+    str | None, typer.Option(help="Backbone weights: imagenet, none or a local .pth file.")
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(min=8, help="Crop size (resize keeps the paper's 256/227 ratio).")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
 
 
-def evaluate() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def evaluate(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="A checkpoint written by udml train.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (default: the checkpoint's).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_root: DataRootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a checkpoint, or a pretrained backbone (the starting point to beat).
+
+    \b
+    udml eval runs/cub/last.pt
+    udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
+    """
+    from udml_cli.config import load_config
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import UsageError
+    from udml_cli.inference import evaluate as run_eval
+    from udml_cli.inference import image_size_flags, load_model
+
+    flags = {
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "engine.device": device,
+        "data.data_root": data_root,
+        **image_size_flags(image_size),
+    }
+    cfg = load_config(config, set_, flags)
+    model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
+    name = dataset or ckpt_dataset or cfg.data.dataset
+    if name is None:
+        raise UsageError("no dataset: pass --dataset NAME")
+    ref = resolve_dataset(name, data_root or cfg.data.data_root)
+    engine = resolve_engine(cfg.engine)
+    with progress() as bar:
+        result = run_eval(model, cfg, ref, split, engine, bar)
+    result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
+    render_metrics(result)
+    if as_json:
+        emit_json(result)
+
+
+def render_metrics(result: dict, title: str | None = None) -> None:
+    table = Table(
+        title=title or f"{result.get('model', '')} on {result['dataset']}/{result['split']}"
+    )
+    cols = [f"R@{k}" for k in result["recall_at"]] + ["NMI", "MAP@R", "RP"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    vals = [100 * v for v in result["recall_at"].values()]
+    vals += [100 * (result["nmi"] or 0), 100 * result["map_at_r"], 100 * result["r_precision"]]
+    table.add_row(*[f"{v:.2f}" for v in vals])
+    console.print(table)
+    console.print(
+        f"{result['num_queries']} queries, {result['num_classes']} classes, "
+        f"{result.get('seconds', 0):.1f} s"
+    )

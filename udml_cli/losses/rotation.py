@@ -1,0 +1,19 @@
+"""Rotation prediction: rotate images by 0/90/180/270° on the device, classify the rotation."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def rotate_batch(
+    images: torch.Tensor, quarter_turns=(1, 2, 3)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated copies of ``images`` (N, C, H, W) and their rotation labels (quarter turns)."""
+    rotated = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in quarter_turns])
+    labels = torch.arange(len(quarter_turns), device=images.device).repeat_interleave(len(images))
+    return rotated, torch.as_tensor(quarter_turns, device=images.device)[labels]
+
+
+def rotation_loss(logits: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, turns)

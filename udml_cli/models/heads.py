@@ -1,0 +1,43 @@
+"""The embedding head (feature → Linear → dim, L2-normalised) and the rotation head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class EmbeddingHead(nn.Module):
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, dim)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc(feat), dim=1)
+
+    @torch.no_grad()
+    def init_pca(self, feats: np.ndarray) -> None:
+        """Project onto the top principal directions of ``feats``: the head starts as a whitening-free
+        PCA of the pretrained feature, so the initial embedding keeps its neighbourhoods."""
+        x = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        mean = x.mean(0)
+        q = min(self.fc.out_features, x.shape[0], x.shape[1])
+        _, _, v = torch.pca_lowrank(x - mean, q=q, center=False, niter=4)
+        weight = torch.zeros_like(self.fc.weight)
+        weight[:q] = v.T
+        self.fc.weight.copy_(weight)
+        self.fc.bias.copy_(-(weight @ mean))
+
+
+class RotationHead(nn.Module):
+    """Pooled feature → 512 → ReLU → 4 rotation logits (0/90/180/270°)."""
+
+    def __init__(self, in_dim: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
+        )
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(feat)

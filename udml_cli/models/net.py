@@ -1,0 +1,57 @@
+"""The network trained and evaluated: normalise → backbone → pooled feature → heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from udml_cli.config import ModelConfig
+from udml_cli.models.backbones import create_backbone
+from udml_cli.models.heads import EmbeddingHead, RotationHead
+
+
+class EmbeddingNet(nn.Module):
+    """``features(x)``: pooled backbone feature; ``embed(x)``: the L2-normalised embedding.
+
+    With ``dim=None`` (backbone evaluation) the embedding is the normalised pooled feature.
+    """
+
+    def __init__(self, backbone, dim: int | None, rotation: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self.feat_dim = backbone.feat_dim
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.head = EmbeddingHead(self.feat_dim, dim) if dim else None
+        self.rotation_head = RotationHead(self.feat_dim) if rotation else None
+
+    @property
+    def dim(self) -> int:
+        return self.head.fc.out_features if self.head is not None else self.feat_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std).float()
+
+    def project(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.head(feat) if self.head is not None else F.normalize(feat, dim=1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def train(self, mode: bool = True, freeze_bn: bool = False):
+        super().train(mode)
+        if mode and freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+def build_model(cfg: ModelConfig, head: bool = True, weights: str | None = None) -> EmbeddingNet:
+    """The model of a config; ``weights`` overrides ``cfg.weights`` (checkpoints pass ``none``)."""
+    backbone = create_backbone(cfg.backbone, weights or cfg.weights)
+    return EmbeddingNet(backbone, cfg.dim if head else None, rotation=head)
