@@ -60,6 +60,15 @@ class Engine:
             **kw,
         )
 
+    def batch_loader(self, dataset, batch_sampler):
+        """A DataLoader over precomputed batches (lists of dataset keys)."""
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
 
 def _device(name: str) -> torch.device:
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()

@@ -1,8 +1,115 @@
-"""placeholder"""
+"""``udml cluster``: k-means on a model's embeddings and what the clusters look like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from udml_cli.cli.common import (
+    ConfigOpt,
+    DataRootOpt,
+    JsonOpt,
+    SetOpt,
+    console,
+    emit_json,
+    progress,
+)
+from udml_cli.cli.evaluate import BackboneOpt, DeviceOpt, ImageSizeOpt, WeightsOpt
 
 
-def cluster() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(2)
+def cluster(
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (default: the checkpoint's).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint written by udml train.")
+    ] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=2, help="Clusters (default: cluster.num_clusters).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "train",
+    write_labels: Annotated[
+        Path | None,
+        typer.Option(help="Write pseudo-labels as '<path> <cluster>' lines (train.txt format)."),
+    ] = None,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_root: DataRootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cluster a split with the model's embedding: sizes, objective, NMI/ARI/purity vs true labels.
+
+    \b
+    udml cluster --dataset fashion-mnist --backbone efficientnet_lite0 --weights imagenet --k 5 --split test
+    """
+
+    from udml_cli.clustering import diagnostics, kmeans
+    from udml_cli.config import load_config
+    from udml_cli.data.layout import read_split
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import UsageError
+    from udml_cli.fileio import atomic_write_text
+    from udml_cli.inference import embed_split, image_size_flags, load_model
+
+    flags = {
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "engine.device": device,
+        "data.data_root": data_root,
+        "cluster.num_clusters": k,
+        **image_size_flags(image_size),
+    }
+    cfg = load_config(config, set_, flags)
+    model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
+    if k is not None:
+        cfg.cluster.num_clusters = k
+    name = dataset or ckpt_dataset or cfg.data.dataset
+    if name is None:
+        raise UsageError("no dataset: pass --dataset NAME")
+    ref = resolve_dataset(name, data_root or cfg.data.data_root)
+    samples = read_split(ref, split)
+    c = cfg.cluster
+    if c.num_clusters > len(samples):
+        raise UsageError(
+            f"--k {c.num_clusters} exceeds the {len(samples)} images of {ref.name}/{split}"
+        )
+    engine = resolve_engine(cfg.engine)
+    with progress() as bar:
+        x, truth = embed_split(model, cfg, ref, split, engine, bar)
+    result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init)
+    diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
+    diag.update(dataset=ref.name, split=split, images=len(x))
+    _render(diag)
+    if write_labels is not None:
+        lines = [f"{s.rel} {lab}\n" for s, lab in zip(samples, result.labels.tolist(), strict=True)]
+        atomic_write_text(write_labels, "".join(lines))
+        console.print(f"wrote {len(lines)} pseudo-labels to {write_labels}")
+    if as_json:
+        emit_json(diag)
+
+
+def _render(d: dict) -> None:
+    table = Table(title=f"k-means k={d['k']} on {d['dataset']}/{d['split']} ({d['images']} images)")
+    for col in ("objective", "min", "median", "max", "empty", "singletons", "NMI", "ARI", "purity"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{d['objective']:.1f}", str(d["size_min"]), f"{d['size_median']:g}", str(d["size_max"]),
+        str(d["empty"]), str(d["singletons"]),
+        f"{d['nmi']:.4f}", f"{d['ari']:.4f}", f"{d['purity']:.4f}",
+    )  # fmt: skip
+    console.print(table)
+    sizes = sorted(d["sizes"], reverse=True)
+    top = max(sizes) or 1
+    bins = sizes if len(sizes) <= 20 else [sizes[int(i * len(sizes) / 20)] for i in range(20)]
+    for s in bins:
+        console.print(f"  {s:>7d} {'█' * max(1, round(30 * s / top))}")
+    if len(sizes) > 20:
+        console.print(f"  (cluster sizes at 20 quantiles of {len(sizes)} clusters)")

@@ -41,8 +41,8 @@ def save_checkpoint(path: str | os.PathLike, model, cfg: Config, dataset: str, *
         "image_size": cfg.data.image_size,
         "versions": {
             "udml": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
         },
         **state,
     }

@@ -1,0 +1,274 @@
+"""The UDML-SS loop: cluster → P×K batches on pseudo-labels → Weight + λ·rotation → re-cluster.
+
+Reproducible to the bit on the CPU: the batches of epoch e depend only on (seed, e), and every
+image's augmentation and every iteration's dropout are seeded from (seed, e, i), so a run resumed
+from any checkpoint (including one written on Ctrl-C mid-epoch) ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from udml_cli.clustering import diagnostics, kmeans
+from udml_cli.config import Config
+from udml_cli.data.images import ImageDataset
+from udml_cli.data.layout import read_split
+from udml_cli.data.registry import DatasetRef
+from udml_cli.data.sampler import PKSampler
+from udml_cli.data.transforms import eval_transform, train_transform
+from udml_cli.engine import Engine, extract, seed_everything
+from udml_cli.errors import UdmlError, UsageError
+from udml_cli.fileio import atomic_write_text
+from udml_cli.losses import rotate_batch, rotation_loss, weight_loss
+from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
+from udml_cli.models.net import build_model
+
+
+class TrainingError(UdmlError):
+    exit_code = 3
+
+
+def _mix(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class _SeededImages(ImageDataset):
+    """Indexed by ``(i, seed)``: the augmentation of each draw is a function of its seed."""
+
+    def __getitem__(self, item):
+        i, seed = item
+        torch.manual_seed(seed)
+        return self.transform(self.image(i)), int(self.labels[i])
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # batches done inside the current epoch
+    step: int = 0  # batches done in total
+    pseudo_labels: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    history: list = field(default_factory=list)
+
+
+def validate(cfg: Config, n_train: int) -> None:
+    """Refuse impossible settings before any work starts, naming the setting to change."""
+    k, p = cfg.cluster.num_clusters, cfg.train.batch_size // cfg.train.instances
+    if k > n_train:
+        raise UsageError(
+            f"cluster.num_clusters ({k}) exceeds the {n_train} training images; "
+            f"lower it, e.g. --set cluster.num_clusters={max(2, n_train // 10)}"
+        )
+    if p > k:
+        raise UsageError(
+            f"a batch of {cfg.train.batch_size} = {p} clusters × {cfg.train.instances} needs at least "
+            f"{p} clusters but cluster.num_clusters is {k}; lower train.batch_size or raise the clusters"
+        )
+    if cfg.loss.rot_batch > cfg.train.batch_size:
+        raise UsageError(
+            f"loss.rot_batch ({cfg.loss.rot_batch}) exceeds train.batch_size ({cfg.train.batch_size})"
+        )
+    if cfg.loss.metric_weight == 0 and cfg.loss.rot_weight == 0:
+        raise UsageError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ref: DatasetRef, out: Path, engine: Engine, progress=None):
+        self.cfg, self.ref, self.out, self.engine, self.progress = cfg, ref, out, engine, progress
+        samples = read_split(ref, "train")
+        validate(cfg, len(samples))
+        seed_everything(cfg.train.seed)
+        self.model = engine.prepare_model(build_model(cfg.model))
+        cache = cfg.data.resize if cfg.data.cache else None
+        self.plain = ImageDataset(samples, eval_transform(cfg.data), cache_size=cache)
+        self.augmented = _SeededImages(samples, train_transform(cfg.data))
+        self.augmented.cache = self.plain.cache
+        t = cfg.train
+        m = self.model
+        groups = [
+            {"params": list(m.backbone.parameters()), "lr": t.lr, "name": "backbone"},
+            {"params": list(m.head.parameters()), "lr": t.head_lr, "name": "head"},
+            {"params": list(m.rotation_head.parameters()), "lr": t.rot_lr, "name": "rotation"},
+        ]
+        self.optimizer = torch.optim.Adam(groups, weight_decay=t.weight_decay)
+        self.state = State()
+        self.log_path = out / "metrics.jsonl"
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def log(self, event: str, **fields) -> None:
+        record = {"event": event, "epoch": self.state.epoch, "step": self.state.step, **fields}
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def save(self, name: str) -> Path:
+        s = self.state
+        path = self.out / name
+        save_checkpoint(
+            path,
+            self.model,
+            self.cfg,
+            self.ref.name,
+            epoch=s.epoch,
+            iteration=s.iteration,
+            step=s.step,
+            optimizer=self.optimizer.state_dict(),
+            pseudo_labels=torch.from_numpy(s.pseudo_labels),
+            centroids=torch.from_numpy(s.centroids),
+        )
+        return path
+
+    def resume(self, path: Path) -> None:
+        payload = load_checkpoint(path)
+        if payload["config"]["model"] != self.cfg.model.model_dump(mode="json"):
+            raise UsageError(
+                f"{path}: its model settings differ from this run's; resume with its config"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        s = self.state
+        s.epoch, s.iteration, s.step = payload["epoch"], payload["iteration"], payload["step"]
+        s.pseudo_labels = payload["pseudo_labels"].numpy()
+        s.centroids = payload["centroids"].numpy()
+
+    # ---- clustering --------------------------------------------------------------------------
+    @torch.no_grad()
+    def clustered_feature(self) -> np.ndarray:
+        """The feature k-means sees for every training image (centre crop, no augmentation)."""
+        self.model.eval()
+        feat, _ = extract(
+            self.model.features, self.plain, self.engine, self.cfg.eval.batch_size,
+            "embedding train", self.progress,
+        )  # fmt: skip
+        if self.cfg.model.head_init == "pca" and self.state.centroids is None:
+            self.model.head.init_pca(feat)  # first clustering of a fresh run
+        if self.cfg.cluster.feature == "backbone":
+            return feat / np.linalg.norm(feat, axis=1, keepdims=True).clip(1e-12)
+        proj = self.model.project(torch.from_numpy(feat).to(self.engine.device))
+        return proj.float().cpu().numpy()
+
+    def recluster(self, first: bool) -> None:
+        c = self.cfg.cluster
+        x = self.clustered_feature()
+        warm = self.state.centroids if (c.warm_start and not first) else None
+        result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm)
+        self.state.pseudo_labels, self.state.centroids = result.labels, result.centroids
+        diag = diagnostics(result.labels, c.num_clusters, result.objective, self.plain.labels)
+        diag.pop("sizes")
+        self.log("cluster", **diag)
+        p = self.cfg.train.batch_size // self.cfg.train.instances
+        if c.num_clusters - diag["empty"] < p:
+            raise TrainingError(
+                f"only {c.num_clusters - diag['empty']} non-empty clusters, a batch needs {p}; "
+                "lower train.batch_size or cluster.num_clusters"
+            )
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        cfg, eng, m = self.cfg, self.engine, self.model
+        x = eng.to_device(images)
+        y = labels.to(eng.device)
+        rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
+        with eng.autocast():
+            if rb:
+                rotated, turns = rotate_batch(x[:rb])
+                feat = m.features(torch.cat([x, rotated]))
+            else:
+                feat = m.features(x)
+            n = len(x)
+            emb = m.project(feat[:n])
+            metric = weight_loss(
+                emb.float(), y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin
+            )
+            loss = cfg.loss.metric_weight * metric
+            out = {"weight_loss": metric.item()}
+            if rb:
+                logits = m.rotation_head(torch.cat([feat[:rb], feat[n:]])).float()
+                target = torch.cat([torch.zeros(rb, dtype=torch.long, device=x.device), turns])
+                rot = rotation_loss(logits, target)
+                loss = loss + cfg.loss.rot_weight * rot
+                out["rot_loss"] = rot.item()
+                out["rot_acc"] = float((logits.argmax(1) == target).float().mean())
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {float(loss)} at epoch {self.state.epoch + 1}, step {self.state.step}; "
+                f"stopped, the last good checkpoint is kept in {self.out} (try a lower learning rate)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        out["loss"] = loss.item()
+        return out
+
+    def run(self, resume_from: Path | None = None, evaluate=None) -> Path:
+        cfg, t, s = self.cfg, self.cfg.train, self.state
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.toml", cfg.to_toml())
+        if resume_from is not None:
+            self.resume(resume_from)
+            self.log("resume", checkpoint=str(resume_from), iteration=s.iteration)
+        else:
+            self.log_path.write_text("")
+            self.recluster(first=True)
+        sampler = PKSampler(s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch)
+        total = t.epochs * len(sampler)
+        done = s.epoch * len(sampler) + s.iteration
+        task = (
+            self.progress.add_task("training", total=total, completed=done)
+            if self.progress
+            else None
+        )
+        last = self.out / "last.pt"
+        try:
+            while s.epoch < t.epochs:
+                if s.iteration == 0 and s.epoch > 0 and s.epoch % t.up_step == 0:
+                    self.recluster(first=False)
+                    sampler = PKSampler(
+                        s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch
+                    )
+                self.run_epoch(sampler, task)
+                s.epoch, s.iteration = s.epoch + 1, 0
+                if s.epoch % t.save_step == 0 or s.epoch == t.epochs:
+                    self.save(f"epoch_{s.epoch:04d}.pt")
+                    self.save("last.pt")
+                if evaluate is not None and t.eval_step and s.epoch % t.eval_step == 0:
+                    self.log("eval", **evaluate(self.model))
+        except KeyboardInterrupt:
+            self.save("last.pt")
+            self.log("interrupted", iteration=s.iteration)
+            raise
+        return last
+
+    def run_epoch(self, sampler: PKSampler, task) -> None:
+        cfg, s = self.cfg, self.state
+        batches = sampler.epoch(s.epoch)[s.iteration :]
+        base = _mix(cfg.train.seed, s.epoch)
+        seeded = [
+            [(i, _mix(base, s.iteration + b, j)) for j, i in enumerate(batch)]
+            for b, batch in enumerate(batches)
+        ]
+        self.augmented.labels = s.pseudo_labels
+        loader = self.engine.batch_loader(self.augmented, seeded)
+        self.model.train(True, freeze_bn=cfg.model.freeze_bn)
+        tick = time.perf_counter()
+        for images, labels in loader:
+            torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
+            parts = self.train_step(images, labels)
+            s.iteration += 1
+            s.step += 1
+            if self.progress:
+                self.progress.advance(task)
+            if s.step % cfg.train.log_every == 0:
+                now = time.perf_counter()
+                rate = cfg.train.log_every * len(images) / (now - tick)
+                tick = now
+                self.log("step", iteration=s.iteration, images_per_s=round(rate, 1), **parts)
+                if self.progress:
+                    desc = f"epoch {s.epoch + 1}/{cfg.train.epochs} loss {parts['loss']:.3f}"
+                    self.progress.update(task, description=desc)
