@@ -114,7 +114,7 @@ class Trainer:
             path,
             self.model,
             self.cfg,
-            self.ref.name,
+            self.ref.spec or self.ref.name,
             epoch=s.epoch,
             iteration=s.iteration,
             step=s.step,

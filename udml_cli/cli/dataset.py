@@ -166,7 +166,7 @@ def prepare(
         raise UsageError(f"unknown dataset kind '{kind}' (valid: {', '.join(KINDS)})")
     out = Path(ask(out, "Output folder", "--out"))
     reg_name = name or kind
-    if not registry.valid_name(reg_name) or reg_name in registry.BUILTIN:
+    if not registry.valid_name(reg_name):
         raise UsageError(f"cannot register as '{reg_name}': pass --name with another name")
     if out.exists():
         confirm(f"{out} exists. Replace it?", yes, f"output folder {out} already exists")

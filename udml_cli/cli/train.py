@@ -76,12 +76,13 @@ def train(
 
     from udml_cli.training import Trainer
 
+    trainer = Trainer(cfg, ref, out, engine)
+
+    def run_eval(model):
+        return evaluate(model, cfg, ref, cfg.eval.split, engine, None)
+
     with progress() as bar:
-        trainer = Trainer(cfg, ref, out, engine, bar)
-
-        def run_eval(model):
-            return evaluate(model, cfg, ref, cfg.eval.split, engine, None)
-
+        trainer.progress = bar
         try:
             last = trainer.run(checkpoint, run_eval)
         except KeyboardInterrupt:

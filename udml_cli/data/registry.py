@@ -31,6 +31,7 @@ class DatasetRef:
     name: str
     root: Path
     layout: str  # "txt" or "folder"
+    spec: str = ""  # what resolves to it again: a registered/built-in name or an absolute path
 
 
 def udml_home() -> Path:
@@ -93,8 +94,6 @@ def valid_name(name: str) -> bool:
 def add_dataset(name: str, path: Path, layout: str | None, force: bool = False) -> DatasetRef:
     if not valid_name(name):
         raise UsageError(f"dataset name '{name}' must use letters, digits, '-', '_' or '.'")
-    if name in BUILTIN:
-        raise UsageError(f"'{name}' is a built-in dataset name; choose another name")
     root = path.expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {path}")
@@ -116,7 +115,7 @@ def add_dataset(name: str, path: Path, layout: str | None, force: bool = False) 
         )
     entries[name] = {"path": str(root), "layout": layout}
     save_registry(entries)
-    return DatasetRef(name, root, layout)
+    return DatasetRef(name, root, layout, name)
 
 
 def remove_dataset(name: str) -> dict:
@@ -146,7 +145,7 @@ def resolve_dataset(spec: str, root: str | None = None) -> DatasetRef:
                 f"dataset '{spec}' is registered at {path}, which no longer exists; "
                 f"re-add it with `udml dataset add {spec} PATH --force`"
             )
-        return DatasetRef(spec, path, entry.get("layout") or detect_layout(path) or "txt")
+        return DatasetRef(spec, path, entry.get("layout") or detect_layout(path) or "txt", spec)
     if spec in BUILTIN:
         base = data_root(root)
         if base is None:
@@ -161,8 +160,7 @@ def resolve_dataset(spec: str, root: str | None = None) -> DatasetRef:
                 f"`udml dataset prepare {spec if spec != 'car' else 'cars'} --source DOWNLOAD "
                 f"--out {path}`"
             )
-        layout = detect_layout(path) or "txt"
-        return DatasetRef(spec, path, layout)
+        return DatasetRef(spec, path, detect_layout(path) or "txt", spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         layout = detect_layout(path)
@@ -171,7 +169,8 @@ def resolve_dataset(spec: str, root: str | None = None) -> DatasetRef:
                 f"{path}: no train.txt/test.txt and no train/ or test/ folder "
                 "(see `udml dataset prepare --help`)"
             )
-        return DatasetRef(path.resolve().name, path.resolve(), layout)
+        root = path.resolve()
+        return DatasetRef(root.name, root, layout, str(root))
     names = sorted(entries) + sorted(BUILTIN)
     raise DatasetError(
         f"unknown dataset '{spec}': not registered, not built-in, not a folder "

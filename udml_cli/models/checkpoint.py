@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -56,18 +56,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160]
-        if "Weights only load failed" in first or "GLOBAL" in str(e):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many kinds for foreign or damaged files
+        text = str(e).strip()
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip()
+        first = reason.splitlines()[0][:160] if reason else type(e).__name__
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects other than tensors "
                 "(it could run code); only udml checkpoints are loaded"
             ) from None
+        if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)):
+            raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first})") from None
         raise CheckpointError(f"{path}: not a checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a udml checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -15,7 +15,7 @@ def convert(source: Path, writer, progress=None, split_ratio: float = 0.5, **_) 
     classes = sorted(p for p in source.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise DatasetError(f"{source}: need at least 2 class folders, found {len(classes)}")
-    n_train = min(max(1, round(len(classes) * split_ratio)), len(classes) - 1)
+    n_train = min(max(1, int(len(classes) * split_ratio + 0.5)), len(classes) - 1)
     for label, cls in enumerate(track(progress, classes, "classes")):
         split = "train" if label < n_train else "test"
         for img in sorted(cls.rglob("*")):

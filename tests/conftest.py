@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated UDML_HOME, tiny synthetic image layouts, an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def udml_home(tmp_path, monkeypatch):
+    home = tmp_path / "udml_home"
+    monkeypatch.setenv("UDML_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # never a cached download
+    monkeypatch.delenv("UDML_DATA_ROOT", raising=False)
+    return home
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``udml ARGS`` in-process; returns exit code, stdout and stderr."""
+    from udml_cli.cli.app import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_udml(*args: str, stdin=None, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run udml in a subprocess (binary stdout, real exit codes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "udml_cli", *map(str, args)],
+        capture_output=True,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def write_image(path: Path, rgb, size: int = 24, noise: float = 25.0, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.asarray(rgb, float) + rng.normal(0, noise, (size, size, 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a.astype(np.uint8)).save(path)
+
+
+def make_layout(
+    root: Path,
+    train_classes=range(0, 6),
+    test_classes=range(6, 10),
+    per_class: int = 8,
+    layout: str = "txt",
+    size: int = 24,
+) -> Path:
+    """Colour-coded synthetic classes: every class a base colour plus noise."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 255, (max(list(train_classes) + list(test_classes)) + 1, 3))
+    for split, classes in (("train", train_classes), ("test", test_classes)):
+        lines = []
+        for c in classes:
+            for i in range(per_class):
+                rel = f"{split}/c{c:02d}/{i}.png"
+                write_image(root / rel, colours[c], size, seed=c * 1000 + i)
+                lines.append(f"{rel} {c}")
+        if layout == "txt":
+            (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def layout(tmp_path) -> Path:
+    return make_layout(tmp_path / "syn")
+
+
+def real_data_available() -> bool:
+    return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file()

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from udml_cli.clustering import diagnostics, kmeans
+
+
+def _blobs(n=3000, d=32, k=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 2
+    x = centres[rng.integers(0, k, n)] + rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def test_objective_within_one_percent_of_sklearn():
+    x = _blobs()
+    ours = kmeans(x, 20, niter=30, seed=0)
+    ref = KMeans(n_clusters=20, n_init=10, max_iter=100, random_state=0).fit(x)
+    assert ours.objective <= ref.inertia_ * 1.01
+    # the reported objective is the true sum of squared distances of the returned assignment
+    d2 = ((x - ours.centroids[ours.labels]) ** 2).sum()
+    assert ours.objective == pytest.approx(d2, rel=1e-3)
+    assert ours.labels.shape == (3000,) and set(ours.labels) <= set(range(20))
+
+
+def test_warm_start_from_good_centroids_stays_good():
+    x = _blobs(seed=1)
+    ref = KMeans(n_clusters=20, n_init=10, random_state=0).fit(x)
+    warm = kmeans(x, 20, niter=5, init_centroids=ref.cluster_centers_)
+    assert warm.objective <= ref.inertia_ * 1.0001
+
+
+def test_deterministic_and_no_subsampling():
+    x = _blobs(n=6000, k=5)
+    a, b = kmeans(x, 5, seed=3), kmeans(x, 5, seed=3)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert np.bincount(a.labels).sum() == 6000
+
+
+def test_diagnostics_hand_worked():
+    labels = np.array([0, 0, 1, 1, 1])
+    truth = np.array([0, 0, 1, 1, 0])
+    d = diagnostics(labels, 3, 1.5, truth)
+    assert (d["size_min"], d["size_median"], d["size_max"]) == (2, 2.5, 3)
+    assert (d["empty"], d["singletons"], d["sizes"]) == (1, 0, [2, 3, 0])
+    assert d["purity"] == pytest.approx(0.8)
+    assert 0 < d["nmi"] < 1 and d["ari"] < 1

@@ -1,0 +1,67 @@
+"""udml embed in a subprocess: binary .npy on stdout, skipped files, errors without output."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import make_layout, run_udml, write_image
+
+LITE = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "32"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for i in range(5):
+        write_image(tmp_path / "imgs" / f"{i}.png", (i * 50, 80, 20), size=20, seed=i)
+    write_image(tmp_path / "imgs" / "sub" / "deep.png", (0, 0, 0), size=20)
+    return tmp_path / "imgs"
+
+
+def test_embed_to_stdout_with_offline_lite0(folder, tmp_path):
+    proc = run_udml("embed", folder, *LITE, "--paths", tmp_path / "p.txt")
+    assert proc.returncode == 0, proc.stderr.decode()
+    v = np.load(io.BytesIO(proc.stdout))
+    assert v.shape == (5, 1280) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert (tmp_path / "p.txt").read_text().split() == [f"{i}.png" for i in range(5)]
+    assert b"embedded 5 images" in proc.stderr
+    proc = run_udml("embed", folder, *LITE, "--recursive", "--out", tmp_path / "v.npy")
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert np.load(tmp_path / "v.npy").shape == (6, 1280)
+
+
+def test_unreadable_files_are_skipped_or_strict(folder, tmp_path):
+    (folder / "3.png").write_bytes(b"not an image at all")
+    proc = run_udml(
+        "embed", folder, *LITE, "--out", tmp_path / "v.npy", "--paths", tmp_path / "p.txt"
+    )
+    assert proc.returncode == 0
+    assert b"skipped unreadable image" in proc.stderr and b"3.png" in proc.stderr
+    assert np.load(tmp_path / "v.npy").shape == (4, 1280)
+    assert "3.png" not in (tmp_path / "p.txt").read_text()
+    proc = run_udml("embed", folder, *LITE, "--strict", "--out", tmp_path / "s.npy")
+    assert proc.returncode == 1 and not (tmp_path / "s.npy").exists()
+
+
+def test_empty_folder_is_an_error_with_no_output(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    proc = run_udml("embed", tmp_path / "empty", *LITE, "--out", tmp_path / "v.npy")
+    assert proc.returncode == 1 and b"no images" in proc.stderr
+    assert b"Traceback" not in proc.stderr and not (tmp_path / "v.npy").exists()
+
+
+def test_embed_with_checkpoint_gives_head_dim(tmp_path, folder, udml_home):
+    root = make_layout(tmp_path / "syn")
+    run = tmp_path / "run"
+    proc = run_udml(
+        "train", "--dataset", root, "--out", run, "--backbone", "tiny-test", "--weights", "none",
+        "--image-size", "16", "--epochs", "1", "--set", "cluster.num_clusters=6",
+        "--set", "train.batch_size=8", "--set", "train.instances=2", "--set", "model.dim=24", "--set", "loss.rot_batch=4",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_udml("embed", folder, "--checkpoint", run / "last.pt")
+    assert proc.returncode == 0, proc.stderr.decode()
+    v = np.load(io.BytesIO(proc.stdout))
+    assert v.shape == (5, 24)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)

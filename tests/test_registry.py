@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from udml_cli.data.registry import resolve_dataset
+from udml_cli.errors import DatasetError
+
+
+def test_add_list_remove_round_trip(cli, layout):
+    r = cli("dataset", "add", "syn", layout)
+    assert r.code == 0, r.err
+    listed = json.loads(cli("dataset", "list", "--json").out)
+    assert listed["datasets"]["syn"] == {"path": str(layout.resolve()), "layout": "txt"}
+    assert resolve_dataset("syn").root == layout.resolve()
+    r = cli("dataset", "remove", "syn")
+    assert r.code == 0
+    assert json.loads(cli("dataset", "list", "--json").out)["datasets"] == {}
+    assert layout.is_dir()  # remove forgets, never deletes
+
+
+def test_second_add_needs_force(cli, layout, tmp_path):
+    assert cli("dataset", "add", "syn", layout).code == 0
+    r = cli("dataset", "add", "syn", layout)
+    assert r.code == 2 and "already registered" in r.err and "--force" in r.err
+    assert cli("dataset", "add", "syn", layout, "--force").code == 0
+
+
+def test_add_without_path_and_no_terminal_fails(cli):
+    r = cli("dataset", "add", "syn")
+    assert r.code == 2 and "missing PATH" in r.err
+
+
+def test_add_rejects_non_layout_folder(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = cli("dataset", "add", "x", tmp_path / "empty")
+    assert r.code == 1 and "no train.txt" in r.err
+
+
+def test_corrupt_registry_is_reported_not_overwritten(cli, layout, udml_home):
+    udml_home.mkdir(parents=True)
+    reg = udml_home / "datasets.toml"
+    reg.write_text("[datasets.syn\npath = ")
+    r = cli("dataset", "add", "other", layout)
+    assert r.code == 1 and "corrupt" in r.err and str(reg) in r.err
+    assert reg.read_text() == "[datasets.syn\npath = "
+    assert cli("dataset", "list").code == 1
+
+
+def test_builtin_names_resolve_under_data_root(tmp_path, monkeypatch):
+    (tmp_path / "CUB_200_2011").mkdir()
+    (tmp_path / "CUB_200_2011" / "train.txt").write_text("")
+    assert resolve_dataset("cub", str(tmp_path)).root == tmp_path / "CUB_200_2011"
+    monkeypatch.setenv("UDML_DATA_ROOT", str(tmp_path))
+    assert resolve_dataset("cub").layout == "txt"
+    with pytest.raises(DatasetError, match="Cars196"):
+        resolve_dataset("car")
+
+
+def test_unknown_dataset_lists_known(cli, layout):
+    cli("dataset", "add", "syn", layout)
+    with pytest.raises(DatasetError, match=r"unknown dataset 'nope'.*syn"):
+        resolve_dataset("nope")
+    r = cli("dataset", "check", "nope")
+    assert r.code == 1 and "unknown dataset" in r.err and "Traceback" not in r.err

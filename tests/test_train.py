@@ -1,0 +1,128 @@
+"""udml train / eval / cluster end to end on tiny synthetic images with the tiny backbone."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+TINY = [
+    "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",
+    "--set", "cluster.num_clusters=6", "--set", "train.batch_size=8", "--set", "train.instances=2",
+    "--set", "loss.rot_batch=4", "--set", "train.log_every=1", "--set", "engine.workers=0",
+    "--set", "train.save_step=2", "--set", "train.lr=1e-3", "--set", "train.head_lr=1e-3",
+    "--set", "train.up_step=2",
+]  # fmt: skip
+
+
+def _train(cli, layout, out, *extra):
+    return cli("train", "--dataset", layout, "--out", out, *TINY, *extra)
+
+
+def test_train_writes_run_and_eval_reads_it(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    r = _train(cli, layout, out, "--epochs", "4", "--set", "train.eval_step=2")
+    assert r.code == 0, r.err
+    names = {p.name for p in out.iterdir()}
+    assert {"config.toml", "metrics.jsonl", "last.pt", "epoch_0002.pt", "epoch_0004.pt"} <= names
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("cluster") == 2  # initial + re-clustering at epoch 2
+    assert kinds.count("eval") == 2 and "step" in kinds
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events if e["event"] == "step")
+    r = cli("eval", out / "last.pt", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["dataset"] == "syn" and result["split"] == "test" and result["num_classes"] == 4
+    assert set(result["recall_at"]) == {"1", "2", "4", "8", "16", "32"}
+    r = cli("cluster", "--checkpoint", out / "last.pt", "--k", "4", "--split", "test", "--json",
+            "--write-labels", tmp_path / "pseudo.txt")  # fmt: skip
+    assert r.code == 0, r.err
+    diag = json.loads(r.out)
+    assert sum(diag["sizes"]) == 32 and {"nmi", "ari", "purity"} <= set(diag)
+    lines = (tmp_path / "pseudo.txt").read_text().splitlines()
+    assert len(lines) == 32 and lines[0].startswith("test/c06/0.png ")
+
+
+def test_resume_gives_identical_weights(cli, layout, tmp_path):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    assert _train(cli, layout, straight, "--epochs", "4").code == 0
+    assert _train(cli, layout, split, "--epochs", "2").code == 0
+    r = cli("train", "--out", split, "--resume", "--epochs", "4")
+    assert r.code == 0, r.err
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    torch.testing.assert_close(a["pseudo_labels"], b["pseudo_labels"], rtol=0, atol=0)
+
+
+def test_existing_run_needs_resume_or_yes(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    assert _train(cli, layout, out, "--epochs", "1").code == 0
+    r = _train(cli, layout, out, "--epochs", "1")
+    assert r.code == 2 and "--resume" in r.err
+    assert _train(cli, layout, out, "--epochs", "1", "--yes").code == 0
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--set", "cluster.num_clusters=0"], "cluster.num_clusters"),
+        (["--set", "cluster.num_clusters=500"], "exceeds the 48 training images"),
+        (["--set", "train.batch_size=9"], "multiple of train.instances"),
+        (["--set", "train.batch_size=16"], "needs at least 8 clusters"),
+    ],
+)
+def test_bad_settings_fail_before_work(cli, layout, tmp_path, extra, needle):
+    out = tmp_path / "run"
+    r = _train(cli, layout, out, "--epochs", "1", *extra)
+    assert r.code == 2, r.err
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], r.err
+    assert not (out / "last.pt").exists() and "Traceback" not in r.err
+
+
+def test_unregistered_dataset(cli, tmp_path):
+    r = cli("train", "--dataset", "nosuch", "--out", tmp_path / "r", *TINY)
+    assert r.code == 1 and "unknown dataset 'nosuch'" in r.err
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_bad_checkpoints_are_one_line(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    assert _train(cli, layout, out, "--epochs", "1").code == 0
+    good = (out / "last.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("this is not a checkpoint\n")
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"format": "udml-checkpoint", "x": _Evil(str(marker))}, evil)
+    plain = tmp_path / "plain.pt"
+    pickle.dump({"a": 1}, open(plain, "wb"))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, needle in [
+        (foreign, "not a udml checkpoint"),
+        (truncated, "unreadable or truncated"),
+        (text, "not a checkpoint"),
+        (evil, "refused"),
+        (plain, "not a checkpoint"),
+        (tmp_path / "missing.pt", "not found"),
+    ]:
+        r = cli("eval", path, "--dataset", layout)
+        assert r.code != 0, path
+        errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and needle in errors[0], (path, r.err)
+        assert "Traceback" not in r.err
+    assert not marker.exists()
