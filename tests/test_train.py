@@ -109,7 +109,7 @@ def test_bad_checkpoints_are_one_line(cli, layout, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"format": "udml-checkpoint", "x": _Evil(str(marker))}, evil)
     plain = tmp_path / "plain.pt"
-    pickle.dump({"a": 1}, open(plain, "wb"))
+    plain.write_bytes(pickle.dumps({"a": 1}))
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     for path, needle in [
