@@ -1,6 +1,6 @@
 """Retrieval and clustering metrics on L2-normalised embeddings; query = gallery, self excluded.
 
-Exact inner-product search in chunks of queries (memory ~ chunk × N, never N × N). The query itself
+Exact inner-product kNN with faiss in chunks of queries (memory ~ chunk × k, never N × N). The query itself
 is removed by its index. Ties are resolved in favour of positives: the rank of a query's nearest
 positive is the number of other items strictly more similar than it; a top-R list orders equal
 similarities positives first. Queries whose class has no other member are left out (counted in
@@ -14,74 +14,84 @@ similarities positives first. Queries whose class has no other member are left o
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-MEMORY_BUDGET = 64 * 1024 * 1024  # floats of the similarity chunk (256 MB)
+CHUNK = 2048  # queries per faiss search: memory ~ CHUNK × k, never N × N
 
 
-def _ranked_precision(rel: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ranked_precision(rel: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """MAP@R and R-precision per row from relevance in rank order (only the first R count)."""
-    k = rel.shape[1]
-    positions = torch.arange(1, k + 1, dtype=torch.float64)
+    positions = np.arange(1, rel.shape[1] + 1)
     rel = rel & (positions[None, :] <= r[:, None])
-    hits = rel.double().cumsum(1)
-    map_r = ((hits / positions) * rel).sum(1) / r
-    return map_r, rel.sum(1).double() / r
+    hits = rel.cumsum(1)
+    return ((hits / positions) * rel).sum(1) / r, rel.sum(1) / r
 
 
-def _tie_sorted(vals: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Relevance ordered by similarity descending, positives first among equal similarities."""
-    order = torch.sort((~pos).to(torch.int8), dim=1, stable=True).indices
-    vals, pos = vals.gather(1, order), pos.gather(1, order)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return pos.gather(1, order), vals.gather(1, order)
+def _tie_sorted(vals: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by similarity descending, positives first among equal similarities."""
+    order = np.lexsort((~pos, -vals), axis=-1)
+    return np.take_along_axis(pos, order, 1), np.take_along_axis(vals, order, 1)
 
 
 def retrieval_metrics(
     x: np.ndarray, labels: np.ndarray, recall_at: list[int], chunk: int | None = None
 ) -> dict:
-    x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    n = len(lab)
-    _, inverse, counts = torch.unique(lab, return_inverse=True, return_counts=True)
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r_all = counts[inverse] - 1
-    chunk = chunk or max(1, min(n, MEMORY_BUDGET // max(n, 1)))
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
     ks = sorted(set(recall_at))
-    hits = {k: 0 for k in ks}
+    # retrieve enough to decide every Recall@K and every top-R list (+1 for the query itself)
+    k = int(min(n, max(ks[-1], r_all.max(initial=0)) + 1))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    hits = dict.fromkeys(ks, 0)
     map_sum = rprec_sum = 0.0
     queries = 0
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n))
-        valid = r_all[rows] > 0
-        rows = rows[valid]
+    for start in range(0, n, chunk or CHUNK):
+        rows = np.arange(start, min(start + (chunk or CHUNK), n))
+        rows = rows[r_all[rows] > 0]
         if len(rows) == 0:
             continue
-        sims = x_t[rows] @ x_t.T
-        sims[torch.arange(len(rows)), rows] = float("-inf")  # the query itself, by index
-        same = lab[rows][:, None] == lab[None, :]
-        same[torch.arange(len(rows)), rows] = False
-        best_pos = torch.where(same, sims, float("-inf")).amax(1)
-        rank = (sims > best_pos[:, None]).sum(1)
-        for k in ks:
-            hits[k] += int((rank < k).sum())
+        sims, idx = index.search(x[rows], k)
+        # drop the query itself by index (or the last neighbour when ties pushed it out)
+        keep = idx != rows[:, None]
+        keep[keep.all(1), -1] = False
+        sims = sims[keep].reshape(len(rows), k - 1)
+        idx = idx[keep].reshape(len(rows), k - 1)
+        pos = labels[idx] == labels[rows][:, None]
+        # Recall@K: rank of the nearest positive = neighbours strictly more similar than it
+        best = np.where(pos, sims, -np.inf).max(1)
+        for i in np.flatnonzero(~pos.any(1)):  # no positive retrieved: a tie at the end, or a miss
+            q = rows[i]
+            others = members[inverse[q]][members[inverse[q]] != q]
+            best[i] = (x[others] @ x[q]).max()
+        rank = (sims > best[:, None]).sum(1)
+        rank[rank >= k - 1] = n  # every retrieved item is more similar: a miss for every K
+        for kk in ks:
+            hits[kk] += int((rank < kk).sum())
+        # MAP@R and R-precision on the top-R list
         r = r_all[rows]
-        top = int(min(r.max() + 1, n - 1))
-        vals, idx = sims.topk(top, dim=1)
-        rel, vals = _tie_sorted(vals, same.gather(1, idx))
+        rel, vals = _tie_sorted(sims, pos)
         map_r, rprec = _ranked_precision(rel, r)
-        # a tie group that reaches past the retrieved list: redo those rows over the full row
-        boundary = vals.gather(1, (r - 1)[:, None]).squeeze(1)
-        partial = (boundary == vals[:, -1]) & (r < n - 1)
-        for i in torch.nonzero(partial).flatten().tolist():
-            full_rel, _ = _tie_sorted(sims[i : i + 1], same[i : i + 1])
-            m, p = _ranked_precision(full_rel, r[i : i + 1])
+        boundary = np.take_along_axis(vals, (r - 1)[:, None], 1)[:, 0]
+        for i in np.flatnonzero((boundary == vals[:, -1]) & (r < n - 1)):
+            q = rows[i]  # the tie group at position R may go past the retrieved list: redo exactly
+            full = x @ x[q]
+            full_pos = labels == labels[q]
+            full, full_pos = np.delete(full, q)[None], np.delete(full_pos, q)[None]
+            rel_i, _ = _tie_sorted(full, full_pos)
+            m, p = _ranked_precision(rel_i, r[i : i + 1])
             map_r[i], rprec[i] = m[0], p[0]
         map_sum += float(map_r.sum())
         rprec_sum += float(rprec.sum())
         queries += len(rows)
     denom = max(queries, 1)
     return {
-        "recall_at": {str(k): hits[k] / denom for k in ks},
+        "recall_at": {str(kk): hits[kk] / denom for kk in ks},
         "map_at_r": map_sum / denom,
         "r_precision": rprec_sum / denom,
         "num_queries": queries,
