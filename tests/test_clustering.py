@@ -15,7 +15,7 @@ def _blobs(n=3000, d=32, k=20, seed=0):
 
 def test_objective_within_one_percent_of_sklearn():
     x = _blobs()
-    ours = kmeans(x, 20, niter=30, seed=0)
+    ours = kmeans(x, 20, niter=30, seed=0, n_init=10)  # the same effort as sklearn's n_init=10
     ref = KMeans(n_clusters=20, n_init=10, max_iter=100, random_state=0).fit(x)
     assert ours.objective <= ref.inertia_ * 1.01
     # the reported objective is the true sum of squared distances of the returned assignment
@@ -46,3 +46,10 @@ def test_diagnostics_hand_worked():
     assert (d["empty"], d["singletons"], d["sizes"]) == (1, 0, [2, 3, 0])
     assert d["purity"] == pytest.approx(0.8)
     assert 0 < d["nmi"] < 1 and d["ari"] < 1
+
+
+def test_n_init_keeps_the_best_run():
+    x = _blobs(n=1500, k=12, seed=4)
+    runs = [kmeans(x, 12, seed=s) for s in range(4)]
+    best = kmeans(x, 12, seed=0, n_init=4)
+    assert best.objective == pytest.approx(min(r.objective for r in runs))

@@ -1,7 +1,7 @@
 """k-means for pseudo-labels: faiss Lloyd iterations, k-means++ initialisation, warm start.
 
 faiss alone initialises randomly and subsamples above 256 points per centroid; here the
-initialisation is scikit-learn's greedy k-means++ (or the previous centroids) and every point is
+initialisation is greedy k-means++ as scikit-learn does it (or the previous centroids) and every point is
 used. Diagnostics describe the clusters and, when true labels are known, their agreement.
 """
 
@@ -19,11 +19,31 @@ class KMeansResult:
     objective: float  # sum of squared distances to the assigned centroid
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    from sklearn.cluster import kmeans_plusplus
+def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, trials: int | None = None) -> np.ndarray:
+    """Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's variant): each new centre is the best
+    of ``2 + ln k`` D²-sampled candidates. The candidates' distances come from one matrix product
+    per centre, so the cost is one pass over the data per centre."""
+    import torch
 
-    centers, _ = kmeans_plusplus(x, k, random_state=seed)
-    return np.ascontiguousarray(centers, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    n = xt.shape[0]
+    trials = trials or 2 + int(np.log(k))
+    sq = (xt * xt).sum(1)
+    first = int(rng.integers(n))
+    chosen = [first]
+    closest = (sq - 2 * (xt @ xt[first]) + sq[first]).clamp_min_(0)
+    for _ in range(1, k):
+        cumulative = np.cumsum(closest.double().numpy())
+        cand = np.searchsorted(cumulative, rng.uniform(size=trials) * cumulative[-1])
+        cand = torch.from_numpy(np.minimum(cand, n - 1))
+        dist = (sq[:, None] - 2 * (xt @ xt[cand].T) + sq[cand][None, :]).clamp_min_(0)
+        dist = torch.minimum(dist, closest[:, None])
+        pots = dist.sum(0)
+        best = int(pots.argmin())
+        closest = dist[:, best].contiguous()
+        chosen.append(int(cand[best]))
+    return np.ascontiguousarray(x[chosen], dtype=np.float32)
 
 
 def kmeans(
@@ -33,7 +53,12 @@ def kmeans(
     seed: int = 0,
     init: str = "kmeans++",
     init_centroids: np.ndarray | None = None,
+    n_init: int = 1,
 ) -> KMeansResult:
+    """Lloyd iterations from ``init_centroids`` or a fresh init; ``n_init`` fresh inits keep the best."""
+    if n_init > 1 and init_centroids is None:
+        runs = [kmeans(x, k, niter, seed + i, init) for i in range(n_init)]
+        return min(runs, key=lambda r: r.objective)
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -61,6 +61,9 @@ class ClusterConfig(_Section):
     num_clusters: int = Field(100, ge=2, description="k of k-means = number of pseudo-classes")
     niter: int = Field(20, ge=1, description="k-means iterations")
     init: Literal["kmeans++", "random"] = "kmeans++"
+    n_init: int = Field(
+        1, ge=1, description="fresh inits, best objective kept (not for warm starts)"
+    )
     warm_start: bool = Field(True, description="start each re-clustering from the last centroids")
     feature: Literal["embedding", "backbone"] = Field(
         "embedding", description="which feature is clustered"

@@ -157,7 +157,9 @@ class Trainer:
         c = self.cfg.cluster
         x = self.clustered_feature()
         warm = self.state.centroids if (c.warm_start and not first) else None
-        result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm)
+        result = kmeans(
+            x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
+        )
         self.state.pseudo_labels, self.state.centroids = result.labels, result.centroids
         diag = diagnostics(result.labels, c.num_clusters, result.objective, self.plain.labels)
         diag.pop("sizes")
@@ -256,19 +258,28 @@ class Trainer:
         self.augmented.labels = s.pseudo_labels
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
-        tick = time.perf_counter()
+        tick, images_seen = time.perf_counter(), 0
         for images, labels in loader:
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
             parts = self.train_step(images, labels)
             s.iteration += 1
             s.step += 1
-            if self.progress:
-                self.progress.advance(task)
+            images_seen += len(images)
+            now = time.perf_counter()
+            rate = images_seen / max(now - tick, 1e-9)
             if s.step % cfg.train.log_every == 0:
-                now = time.perf_counter()
-                rate = cfg.train.log_every * len(images) / (now - tick)
-                tick = now
                 self.log("step", iteration=s.iteration, images_per_s=round(rate, 1), **parts)
-                if self.progress:
-                    desc = f"epoch {s.epoch + 1}/{cfg.train.epochs} loss {parts['loss']:.3f}"
-                    self.progress.update(task, description=desc)
+            if self.progress:
+                self.progress.update(
+                    task, advance=1, description=self._describe(parts, rate, len(sampler))
+                )
+
+    def _describe(self, parts: dict, rate: float, per_epoch: int) -> str:
+        s, t = self.state, self.cfg.train
+        epochs_to_go = t.up_step - s.epoch % t.up_step
+        next_cluster = (epochs_to_go - 1) * per_epoch + (per_epoch - s.iteration)
+        rot = f" rot {parts['rot_loss']:.3f}" if "rot_loss" in parts else ""
+        return (
+            f"epoch {s.epoch + 1}/{t.epochs} loss {parts['loss']:.3f} (weight "
+            f"{parts['weight_loss']:.3f}{rot}) {rate:.0f} img/s, re-cluster in {next_cluster} it"
+        )

@@ -84,7 +84,7 @@ def cluster(
     engine = resolve_engine(cfg.engine)
     with progress() as bar:
         x, truth = embed_split(model, cfg, ref, split, engine, bar)
-    result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init)
+    result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init, n_init=c.n_init)
     diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
     diag.update(dataset=ref.name, split=split, images=len(x))
     _render(diag)

@@ -1,0 +1,139 @@
+"""Quality: pretrained start vs UDML (λ = 0) vs UDML-SS (λ = 0.1), same budget and seeds.
+
+Held-out classes of Fashion-MNIST and of the cross-vendor emoji set (identity labels; the emoji
+subgroup as a second, coarser view). Writes benchmarks/results/quality.json and a markdown table
+(benchmarks/results/quality.md) with mean ± spread (min–max over seeds).
+    python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
+The datasets must be prepared first (scripts/demo.sh prepares Fashion-MNIST;
+`udml dataset prepare emoji --out data/emoji`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, Results
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = {"fashion-mnist": "demo.toml", "emoji": "demo-emoji.toml"}
+MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"]}
+METRICS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
+
+
+def flat(result: dict) -> dict:
+    out = {name: 100 * result["recall_at"][k] for name, k in METRICS}
+    out.update(NMI=100 * result["nmi"], **{"MAP@R": 100 * result["map_at_r"]})
+    return out
+
+
+def subgroup_view(ref, model, cfg, engine) -> dict:
+    """Emoji evaluated with the subgroup (second label column) as the class."""
+    import numpy as np
+
+    from udml_cli.data.layout import read_split
+    from udml_cli.inference import embed_split
+    from udml_cli.metrics import evaluate_embeddings
+
+    samples = read_split(ref, "test")
+    x, _ = embed_split(model, cfg, ref, "test", engine)
+    coarse = np.array([s.label2 for s in samples])
+    return flat(evaluate_embeddings(x, coarse, cfg.eval.recall_at))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--name", default="quality")
+    args = ap.parse_args()
+
+    from udml_cli.config import load_config
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.engine import resolve_engine
+    from udml_cli.inference import evaluate
+    from udml_cli.models.net import build_model
+    from udml_cli.training import Trainer
+
+    res = Results(args.name)
+    table: dict[tuple, list[dict]] = {}
+    for dataset in args.datasets:
+        base = load_config(ROOT / "templates" / TEMPLATES[dataset], args.sets)
+        ref = resolve_dataset(base.data.dataset)
+        engine = resolve_engine(base.engine)
+        start = build_model(base.model, head=False)
+        t0 = time.perf_counter()
+        start_metrics = flat(evaluate(start, base, ref, "test", engine))
+        start_metrics["seconds"] = time.perf_counter() - t0
+        if dataset == "emoji":
+            start_metrics.update(
+                {f"subgroup {k}": v for k, v in subgroup_view(ref, start, base, engine).items()}
+            )
+        table[(dataset, "start")] = [start_metrics]
+        for mode in args.modes:
+            for seed in args.seeds:
+                sets = [*args.sets, *MODES[mode], f"train.seed={seed}", f"cluster.seed={seed}"]
+                cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
+                t0 = time.perf_counter()
+                with tempfile.TemporaryDirectory() as tmp:
+                    trainer = Trainer(cfg, ref, Path(tmp), engine)
+                    trainer.run()
+                metrics = flat(evaluate(trainer.model, cfg, ref, "test", engine))
+                metrics["seconds"] = time.perf_counter() - t0
+                if dataset == "emoji":
+                    sub = subgroup_view(ref, trainer.model, cfg, engine)
+                    metrics.update({f"subgroup {k}": v for k, v in sub.items()})
+                table.setdefault((dataset, mode), []).append(metrics)
+                print(f"{dataset} {mode} seed {seed}: {metrics}", file=sys.stderr, flush=True)
+        for (ds, mode), runs in table.items():
+            if ds != dataset:
+                continue
+            for metric in runs[0]:
+                values = [r[metric] for r in runs]
+                mean = statistics.fmean(values)
+                res.add(f"{ds} {mode} (n={len(values)})", metric, mean,
+                        table[(ds, "start")][0][metric] if mode != "start" else None,
+                        higher_is_better=metric != "seconds", unit="%" if metric != "seconds" else "s")  # fmt: skip
+                res.records[-1]["spread"] = [min(values), max(values)]
+                res.records[-1]["values"] = values
+    res.write()
+    write_markdown(table, RESULTS / f"{args.name}.md")
+
+
+def write_markdown(table: dict, path: Path) -> None:
+    metrics = [m for m in next(iter(table.values()))[0] if m != "seconds"]
+    lines = [
+        "| dataset | model | " + " | ".join(metrics) + " | time/run |",
+        "|" + "---|" * (len(metrics) + 3),
+    ]
+    for (ds, mode), runs in table.items():
+        cells = []
+        for m in metrics:
+            values = [r[m] for r in runs if m in r]
+            if not values:
+                cells.append("")
+                continue
+            mean = statistics.fmean(values)
+            cells.append(
+                f"{mean:.2f}"
+                if len(values) == 1
+                else f"{mean:.2f} ({min(values):.2f}–{max(values):.2f})"
+            )
+        secs = statistics.fmean(r["seconds"] for r in runs)
+        lines.append(
+            f"| {ds} | {mode} (n={len(runs)}) | " + " | ".join(cells) + f" | {secs:.0f} s |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
