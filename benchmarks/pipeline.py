@@ -46,7 +46,7 @@ def main() -> None:
     ref = resolve_dataset(args.dataset)
     engine = resolve_engine(cfg.engine)
     res = Results("pipeline")
-    tag = f"workers={engine.workers} cache={cfg.data.cache}"
+    tag = f"workers={engine.workers}/{engine.extract_workers} cache={cfg.data.cache}"
 
     # ---- training step ------------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,18 +83,23 @@ def main() -> None:
     dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
     bs = cfg.eval.batch_size
     extract(model.embed, torch.utils.data.Subset(dataset, range(bs)), engine, bs)  # warm-up
-    with Timer() as t_emb:
-        extract(model.embed, dataset, engine, bs)
-    tensors = torch.stack([dataset[i][0] for i in range(bs)])
-    with Timer() as t_fwd, torch.no_grad():
-        for _ in range(len(files) // bs):
-            model.embed(tensors)
-    fwd = (len(files) // bs) * bs / t_fwd.seconds
-    res.add(f"embed 2000 images, {tag}", "images_per_s", len(files) / t_emb.seconds, fwd,
+    tensors = [
+        torch.stack([dataset[i][0] for i in range(j, j + bs)]) for j in range(0, 2000 - bs, bs)
+    ]
+    e2e_best = fwd_best = 0.0
+    for _ in range(2):  # alternate, best of two: the machine's own noise is ±10 %
+        with Timer() as t_emb:
+            extract(model.embed, dataset, engine, bs)
+        with Timer() as t_fwd, torch.no_grad():
+            for batch in tensors:
+                model.embed(batch)
+        e2e_best = max(e2e_best, len(files) / t_emb.seconds)
+        fwd_best = max(fwd_best, len(tensors) * bs / t_fwd.seconds)
+    res.add(f"embed 2000 images, {tag}", "images_per_s", e2e_best, fwd_best,
             higher_is_better=True, target=0.85, unit="img/s")  # fmt: skip
     out = res.write()
     if args.workers is not None or args.cache is not None:
-        out.rename(out.with_name(f"pipeline_{tag.replace(' ', '_').replace('=', '')}.json"))
+        out.rename(out.with_name(f"pipeline_w{args.workers}_cache{args.cache}.json"))
 
 
 if __name__ == "__main__":

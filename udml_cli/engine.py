@@ -22,10 +22,11 @@ from udml_cli.errors import UsageError
 class Engine:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None = full fp32
-    workers: int
+    workers: int  # DataLoader workers for training batches
     channels_last: bool
     rank: int = 0
     world_size: int = 1
+    extract_workers: int = 0  # DataLoader workers for no-grad extraction
 
     @property
     def is_main(self) -> bool:
@@ -48,16 +49,13 @@ class Engine:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def loader(self, dataset, batch_size: int, sampler=None, shuffle: bool = False, **kw):
+    def loader(self, dataset, batch_size: int):
+        """Sequential batches for extraction."""
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler,
-            shuffle=shuffle,
-            num_workers=self.workers,
+            num_workers=self.extract_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            **kw,
         )
 
     def batch_loader(self, dataset, batch_sampler):
@@ -93,15 +91,19 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
         amp = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     if cfg.workers == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        workers = min(8, max(0, (cpus or 1) - 1))
+        # measured in benchmarks/pipeline.py on 2 cores: a training step is long enough for one
+        # worker to prefetch unnoticed, but during extraction a worker steals the cores the
+        # model computes on, so extraction decodes in the main process there
+        workers = min(8, max(1, (cpus or 1) - 1))
+        extract_workers = 0 if (cpus or 1) <= 2 else workers
     else:
-        workers = cfg.workers
+        workers = extract_workers = cfg.workers
     channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    return Engine(device, amp, workers, channels_last, rank, world)
+    return Engine(device, amp, workers, channels_last, rank, world, extract_workers)
 
 
 def seed_everything(seed: int) -> None:
