@@ -126,3 +126,44 @@ def test_bad_checkpoints_are_one_line(cli, layout, tmp_path):
         assert len(errors) == 1 and needle in errors[0], (path, r.err)
         assert "Traceback" not in r.err
     assert not marker.exists()
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_matches(cli, layout, tmp_path, monkeypatch):
+    from udml_cli import training
+
+    straight, interrupted = tmp_path / "a", tmp_path / "b"
+    extra = ["--epochs", "3", "--set", "train.iters_per_epoch=3"]
+    assert _train(cli, layout, straight, *extra).code == 0
+    real_step, calls = training.Trainer.train_step, {"n": 0}
+
+    def flaky(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, second batch
+            raise KeyboardInterrupt
+        return real_step(self, images, labels)
+
+    monkeypatch.setattr(training.Trainer, "train_step", flaky)
+    r = _train(cli, layout, interrupted, *extra)
+    assert r.code == 130 and "--resume" in r.err
+    saved = torch.load(interrupted / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["iteration"]) == (1, 1)
+    monkeypatch.setattr(training.Trainer, "train_step", real_step)
+    assert cli("train", "--out", interrupted, "--resume").code == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(interrupted / "last.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, layout, tmp_path, monkeypatch):
+    from udml_cli import training
+
+    out = tmp_path / "run"
+    assert _train(cli, layout, out, "--epochs", "2").code == 0
+    before = (out / "last.pt").read_bytes()
+    monkeypatch.setattr(training, "weight_loss", lambda *a, **k: torch.tensor(float("nan")))
+    r = cli("train", "--out", out, "--resume", "--epochs", "4")
+    assert r.code == 3
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "loss became nan" in errors[0]
+    assert (out / "last.pt").read_bytes() == before

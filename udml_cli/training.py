@@ -242,8 +242,9 @@ class Trainer:
                 if evaluate is not None and t.eval_step and s.epoch % t.eval_step == 0:
                     self.log("eval", **evaluate(self.model))
         except KeyboardInterrupt:
-            self.save("last.pt")
-            self.log("interrupted", iteration=s.iteration)
+            if s.pseudo_labels is not None:  # nothing worth keeping before the first clustering
+                self.save("last.pt")
+                self.log("interrupted", iteration=s.iteration)
             raise
         return last
 
