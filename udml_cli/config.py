@@ -40,8 +40,10 @@ class ModelConfig(_Section):
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
     dim: int = Field(512, ge=2, description="embedding size")
     freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
-    head_init: Literal["random", "pca"] = Field(
-        "random", description="embedding head init: random (paper) or PCA of start features"
+    head_init: Literal["random", "pca", "identity"] = Field(
+        "random",
+        description="embedding head init: random (paper), PCA of the start features, or identity "
+        "(needs dim = backbone feature size: training starts exactly at the pretrained metric)",
     )
 
 

@@ -86,6 +86,8 @@ class Trainer:
         validate(cfg, len(samples))
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_model(cfg.model))
+        if cfg.model.head_init == "identity":
+            self.model.head.init_identity()
         cache = cfg.data.resize if cfg.data.cache else None
         self.plain = ImageDataset(samples, eval_transform(cfg.data), cache_size=cache)
         self.augmented = _SeededImages(samples, train_transform(cfg.data))
@@ -199,7 +201,7 @@ class Trainer:
                 out["rot_acc"] = float((logits.argmax(1) == target).float().mean())
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"loss became {float(loss)} at epoch {self.state.epoch + 1}, step {self.state.step}; "
+                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}; "
                 f"stopped, the last good checkpoint is kept in {self.out} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,19 @@ class EmbeddingHead(nn.Module):
         return F.normalize(self.fc(feat), dim=1)
 
     @torch.no_grad()
+    def init_identity(self) -> None:
+        """Start as the identity: the initial embedding *is* the normalised pretrained feature."""
+        if self.fc.in_features != self.fc.out_features:
+            from udml_cli.errors import UsageError
+
+            raise UsageError(
+                f"model.head_init=identity needs model.dim equal to the backbone's feature size "
+                f"({self.fc.in_features}), got {self.fc.out_features}"
+            )
+        self.fc.weight.copy_(torch.eye(self.fc.in_features))
+        self.fc.bias.zero_()
+
+    @torch.no_grad()
     def init_pca(self, feats: np.ndarray) -> None:
         """Project onto the top principal directions of ``feats``: the head starts as a whitening-free
         PCA of the pretrained feature, so the initial embedding keeps its neighbourhoods."""

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from udml_cli.config import ModelConfig
+from udml_cli.errors import UsageError
+from udml_cli.models.backbones import create_backbone, names
+from udml_cli.models.net import build_model
+
+
+def test_identity_head_reproduces_the_pretrained_metric():
+    model = build_model(ModelConfig(backbone="tiny-test", weights="none", dim=16)).eval()
+    model.head.init_identity()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        plain = torch.nn.functional.normalize(model.features(x), dim=1)
+        torch.testing.assert_close(model.embed(x), plain)
+    wrong = build_model(ModelConfig(backbone="tiny-test", weights="none", dim=8))
+    with pytest.raises(UsageError, match=r"model\.dim equal"):
+        wrong.head.init_identity()
+
+
+def test_pca_head_keeps_the_leading_directions():
+    model = build_model(ModelConfig(backbone="tiny-test", weights="none", dim=2))
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(200, 16, generator=g) * torch.linspace(
+        0.1, 3, 16
+    )  # variance grows with index
+    model.head.init_pca(feats.numpy())
+    w = model.head.fc.weight.detach()
+    assert w[:, -2:].abs().sum(1).min() > 0.9  # both rows live on the two widest dimensions
+    torch.testing.assert_close(w @ w.T, torch.eye(2), atol=1e-4, rtol=0)
+
+
+def test_lite0_offline_weights_and_normalisation():
+    b = create_backbone("efficientnet_lite0", "imagenet")
+    assert b.feat_dim == 1280 and b.mean[0] == pytest.approx(127 / 255)
+    with torch.no_grad():
+        out = b.module(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 1280) and torch.isfinite(out).all()
+
+
+def test_registry_hides_test_backbone():
+    assert "tiny-test" not in names() and "tiny-test" in names(include_hidden=True)
+    assert {"googlenet", "resnet50", "efficientnet_lite0"} <= set(names())
+
+
+def test_local_weights_file(tmp_path):
+    src = create_backbone("resnet18", "none")
+    torch.save(src.module.state_dict(), tmp_path / "r18.pth")
+    b = create_backbone("resnet18", str(tmp_path / "r18.pth"))
+    for key, value in src.module.state_dict().items():
+        torch.testing.assert_close(b.module.state_dict()[key], value)
+    (tmp_path / "bad.pth").write_text("nope")
+    with pytest.raises(Exception, match="cannot load weights"):
+        create_backbone("resnet18", str(tmp_path / "bad.pth"))
