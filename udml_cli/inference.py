@@ -21,14 +21,26 @@ def load_model(cfg: Config, checkpoint: Path | None, backbone: str | None):
 
         payload = load_checkpoint(checkpoint)
         model, ckpt_cfg = model_from_checkpoint(payload, checkpoint)
-        # the checkpoint decides the model and image pipeline; engine/eval come from this run
-        cfg = ckpt_cfg.model_copy(update={"engine": cfg.engine, "eval": cfg.eval})
+        # the checkpoint decides the model and image pipeline; the rest comes from this run
+        keep = {"engine": cfg.engine, "eval": cfg.eval, "cluster": cfg.cluster}
+        cfg = ckpt_cfg.model_copy(update=keep)
         return model, cfg, payload.get("dataset")
     if backbone is None:
         raise UsageError("give a checkpoint or --backbone NAME (see `udml eval --help`)")
     from udml_cli.models.net import build_model
 
     return build_model(cfg.model, head=False), cfg, None
+
+
+def model_and_dataset(cfg: Config, checkpoint, backbone, dataset, data_root):
+    """The model to evaluate and the dataset: ``--dataset``, else the checkpoint's, else config's."""
+    from udml_cli.data.registry import resolve_dataset
+
+    model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
+    name = dataset or ckpt_dataset or cfg.data.dataset
+    if name is None:
+        raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
+    return model, cfg, resolve_dataset(name, data_root or cfg.data.data_root)
 
 
 def embed_split(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None):
@@ -56,11 +68,16 @@ def evaluate(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=N
     return result
 
 
-def image_size_flags(size: int | None) -> dict:
-    """``--image-size N``: crop N after resizing the shorter side to N·256/227 (paper ratio)."""
-    if size is None:
-        return {}
-    return {"data.image_size": size, "data.resize": max(size, round(size * 256 / 227))}
+def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:
+    """The common flags as dotted config keys. ``--image-size N`` crops N after resizing the
+    shorter side to N·256/227 (the paper's ratio)."""
+    flags = {"model.backbone": backbone, "model.weights": weights, "engine.device": device}
+    if image_size is not None:
+        flags |= {
+            "data.image_size": image_size,
+            "data.resize": max(image_size, round(image_size * 256 / 227)),
+        }
+    return flags | dotted
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

@@ -53,28 +53,14 @@ def cluster(
     from udml_cli.clustering import diagnostics, kmeans
     from udml_cli.config import load_config
     from udml_cli.data.layout import read_split
-    from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
     from udml_cli.fileio import atomic_write_text
-    from udml_cli.inference import embed_split, image_size_flags, load_model
+    from udml_cli.inference import embed_split, model_and_dataset, model_flags
 
-    flags = {
-        "model.backbone": backbone,
-        "model.weights": weights,
-        "engine.device": device,
-        "data.data_root": data_root,
-        "cluster.num_clusters": k,
-        **image_size_flags(image_size),
-    }
-    cfg = load_config(config, set_, flags)
-    model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
-    if k is not None:
-        cfg.cluster.num_clusters = k
-    name = dataset or ckpt_dataset or cfg.data.dataset
-    if name is None:
-        raise UsageError("no dataset: pass --dataset NAME")
-    ref = resolve_dataset(name, data_root or cfg.data.data_root)
+    dotted = {"data.data_root": data_root, "cluster.num_clusters": k}
+    cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size, **dotted))
+    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     samples = read_split(ref, split)
     c = cfg.cluster
     if c.num_clusters > len(samples):

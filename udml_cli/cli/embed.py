@@ -51,7 +51,7 @@ def embed(
     from udml_cli.engine import extract, resolve_engine
     from udml_cli.errors import DatasetError, UsageError
     from udml_cli.fileio import atomic_write_bytes, atomic_write_text
-    from udml_cli.inference import image_size_flags, load_model
+    from udml_cli.inference import load_model, model_flags
 
     if out is None and sys.stdout.isatty():
         raise UsageError(
@@ -63,13 +63,7 @@ def embed(
     if not files:
         hint = "" if recursive else " (add --recursive for subfolders)"
         raise DatasetError(f"no images in {folder}{hint}")
-    flags = {
-        "model.backbone": backbone,
-        "model.weights": weights,
-        "engine.device": device,
-        **image_size_flags(image_size),
-    }
-    cfg = load_config(config, set_, flags)
+    cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
     engine = resolve_engine(cfg.engine)
     model = engine.prepare_model(model).eval()

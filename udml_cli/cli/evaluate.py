@@ -55,25 +55,13 @@ def evaluate(
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
     """
     from udml_cli.config import load_config
-    from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
-    from udml_cli.errors import UsageError
     from udml_cli.inference import evaluate as run_eval
-    from udml_cli.inference import image_size_flags, load_model
+    from udml_cli.inference import model_and_dataset, model_flags
 
-    flags = {
-        "model.backbone": backbone,
-        "model.weights": weights,
-        "engine.device": device,
-        "data.data_root": data_root,
-        **image_size_flags(image_size),
-    }
+    flags = model_flags(backbone, weights, device, image_size, **{"data.data_root": data_root})
     cfg = load_config(config, set_, flags)
-    model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
-    name = dataset or ckpt_dataset or cfg.data.dataset
-    if name is None:
-        raise UsageError("no dataset: pass --dataset NAME")
-    ref = resolve_dataset(name, data_root or cfg.data.data_root)
+    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     engine = resolve_engine(cfg.engine)
     with progress() as bar:
         result = run_eval(model, cfg, ref, split, engine, bar)

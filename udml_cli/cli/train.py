@@ -42,7 +42,7 @@ def train(
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
-    from udml_cli.inference import evaluate, image_size_flags
+    from udml_cli.inference import evaluate, model_flags
 
     checkpoint = out / "last.pt" if (resume and out is not None) else None
     if resume and out is None:
@@ -52,15 +52,8 @@ def train(
             raise UsageError(f"nothing to resume: {checkpoint} does not exist")
         if config is None and (out / "config.toml").is_file():
             config = out / "config.toml"
-    flags = {
-        "data.dataset": dataset,
-        "data.data_root": data_root,
-        "train.epochs": epochs,
-        "model.backbone": backbone,
-        "model.weights": weights,
-        "engine.device": device,
-        **image_size_flags(image_size),
-    }
+    dotted = {"data.dataset": dataset, "data.data_root": data_root, "train.epochs": epochs}
+    flags = model_flags(backbone, weights, device, image_size, **dotted)
     cfg = load_config(config, set_, flags)
     if cfg.data.dataset is None:
         raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
