@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class State:
     step: int = 0  # batches done in total
     pseudo_labels: np.ndarray | None = None
     centroids: np.ndarray | None = None
-    history: list = field(default_factory=list)
 
 
 def validate(cfg: Config, n_train: int) -> None:
