@@ -79,6 +79,7 @@ def kmeans(
         max_points_per_centroid=max(256, n),  # no silent subsampling
         min_points_per_centroid=1,
         verbose=False,
+        gpu=bool(getattr(faiss, "get_num_gpus", lambda: 0)()),  # faiss-gpu builds, when present
     )
     km.train(x, init_centroids=np.ascontiguousarray(init_centroids, dtype=np.float32))
     dist, assign = km.index.search(x, 1)
