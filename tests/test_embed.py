@@ -65,3 +65,21 @@ def test_embed_with_checkpoint_gives_head_dim(tmp_path, folder, udml_home):
     v = np.load(io.BytesIO(proc.stdout))
     assert v.shape == (5, 24)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_refuses_binary_to_a_terminal(folder):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "udml_cli", "embed", str(folder), *LITE],
+            stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2 and b"refusing to write binary" in proc.stderr
