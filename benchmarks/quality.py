@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--name", default="quality")
+    ap.add_argument("--name", default="quality", help="results file name (explore/NAME for probes)")
     args = ap.parse_args()
 
     from udml_cli.config import load_config

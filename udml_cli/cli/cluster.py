@@ -9,15 +9,18 @@ import typer
 from rich.table import Table
 
 from udml_cli.cli.common import (
+    BackboneOpt,
     ConfigOpt,
     DataRootOpt,
+    DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     SetOpt,
+    WeightsOpt,
     console,
     emit_json,
     progress,
 )
-from udml_cli.cli.evaluate import BackboneOpt, DeviceOpt, ImageSizeOpt, WeightsOpt
 
 
 def cluster(

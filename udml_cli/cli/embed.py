@@ -9,8 +9,16 @@ from typing import Annotated
 
 import typer
 
-from udml_cli.cli.common import ConfigOpt, SetOpt, console, progress
-from udml_cli.cli.evaluate import BackboneOpt, DeviceOpt, ImageSizeOpt, WeightsOpt
+from udml_cli.cli.common import (
+    BackboneOpt,
+    ConfigOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    SetOpt,
+    WeightsOpt,
+    console,
+    progress,
+)
 
 
 def embed(

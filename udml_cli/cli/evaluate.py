@@ -9,26 +9,18 @@ import typer
 from rich.table import Table
 
 from udml_cli.cli.common import (
+    BackboneOpt,
     ConfigOpt,
     DataRootOpt,
+    DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     SetOpt,
+    WeightsOpt,
     console,
     emit_json,
     progress,
 )
-
-BackboneOpt = Annotated[
-    str | None,
-    typer.Option(help="Evaluate this backbone's pooled feature (no head) instead of a checkpoint."),
-]
-WeightsOpt = Annotated[
-    str | None, typer.Option(help="Backbone weights: imagenet, none or a local .pth file.")
-]
-ImageSizeOpt = Annotated[
-    int | None, typer.Option(min=8, help="Crop size (resize keeps the paper's 256/227 ratio).")
-]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
 
 
 def evaluate(

@@ -7,8 +7,20 @@ from typing import Annotated
 
 import typer
 
-from udml_cli.cli.common import ConfigOpt, DataRootOpt, SetOpt, YesOpt, confirm, console, progress
-from udml_cli.cli.evaluate import BackboneOpt, DeviceOpt, ImageSizeOpt, WeightsOpt, render_metrics
+from udml_cli.cli.common import (
+    BackboneOpt,
+    ConfigOpt,
+    DataRootOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    SetOpt,
+    WeightsOpt,
+    YesOpt,
+    confirm,
+    console,
+    progress,
+)
+from udml_cli.cli.evaluate import render_metrics
 
 
 def train(
