@@ -40,7 +40,11 @@ DataRootOpt = Annotated[
 
 BackboneOpt = Annotated[
     str | None,
-    typer.Option(help="Evaluate this backbone's pooled feature (no head) instead of a checkpoint."),
+    typer.Option(
+        help="googlenet, resnet18, resnet50, efficientnet_b0, mobilenet_v3_large, convnext_tiny, "
+        "efficientnet_lite0/lite2. In eval/embed/cluster: use its pooled feature (no head) "
+        "instead of a checkpoint."
+    ),
 ]
 WeightsOpt = Annotated[
     str | None, typer.Option(help="Backbone weights: imagenet, none or a local .pth file.")
