@@ -1,7 +1,7 @@
 """Pipeline efficiency: end-to-end images/s through the DataLoader ÷ the same model step on tensors
-already in memory. Training (the demo recipe's step: Lite0, 64 px, batch 60 + rotations) and
-``udml embed``'s extraction (Lite0, 64 px). Target ≥ 0.85.
-    python benchmarks/pipeline.py --dataset fashion-mnist [--iters 20]
+already in memory. Training (templates/demo.toml's step: Lite0, 64 px, batch 60 + rotations) and
+``udml embed``'s extraction (Lite0, 64 px, 2,000 test images). Target ≥ 0.85.
+    python benchmarks/pipeline.py [--dataset emoji] [--iters 20]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--dataset", default="emoji")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--workers", default=None, help="override engine.workers")
     ap.add_argument("--cache", default=None, choices=["true", "false"])
@@ -77,8 +77,7 @@ def main() -> None:
             target=0.85, unit="img/s")  # fmt: skip
 
     # ---- embed ---------------------------------------------------------------------------------
-    split_root = ref.root / "test"
-    files = list_images(split_root, recursive=True)[:2000]
+    files = list_images(ref.root / "test", recursive=True)[:2000]
     model = trainer.model.eval()
     dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
     bs = cfg.eval.batch_size

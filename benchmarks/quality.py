@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = {"fashion-mnist": "demo.toml", "emoji": "demo-emoji.toml"}
+TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
 MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"]}
 METRICS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
 

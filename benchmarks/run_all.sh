@@ -8,5 +8,5 @@ udml dataset list --json | python3 -c "import json,sys; sys.exit('emoji' not in 
 python3 benchmarks/loss.py
 python3 benchmarks/eval_sop.py
 python3 benchmarks/kmeans.py
-python3 benchmarks/pipeline.py --dataset fashion-mnist
+python3 benchmarks/pipeline.py --dataset emoji
 python3 benchmarks/quality.py --datasets fashion-mnist emoji --seeds 0 1 2

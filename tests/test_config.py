@@ -21,7 +21,7 @@ def test_defaults_are_the_official_cub_recipe():
     assert (c.data.image_size, c.data.resize, c.data.crop_scale_min) == (227, 256, 0.16)
 
 
-@pytest.mark.parametrize("name", ["cub", "cars", "sop", "demo"])
+@pytest.mark.parametrize("name", ["cub", "cars", "sop", "demo", "demo-fashion-mnist"])
 def test_templates_load(name):
     cfg = load_config(TEMPLATES / f"{name}.toml")
     assert load_config(overrides=None, path=None) is not None

@@ -47,7 +47,7 @@ def train(
 
     \b
     udml train --dataset cub --config templates/cub.toml --data-root ~/data
-    udml train --dataset fashion-mnist --config templates/demo.toml --out runs/demo
+    udml train --dataset emoji --config templates/demo.toml --out runs/demo
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
     """
     from udml_cli.config import load_config
