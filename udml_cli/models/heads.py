@@ -33,10 +33,13 @@ class EmbeddingHead(nn.Module):
     def init_pca(self, feats: np.ndarray) -> None:
         """Project onto the top principal directions of ``feats``: the head starts as a whitening-free
         PCA of the pretrained feature, so the initial embedding keeps its neighbourhoods."""
-        x = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        x = torch.from_numpy(np.asarray(feats, dtype=np.float64))
         mean = x.mean(0)
-        q = min(self.fc.out_features, x.shape[0], x.shape[1])
-        _, _, v = torch.pca_lowrank(x - mean, q=q, center=False, niter=4)
+        q = min(self.fc.out_features, x.shape[1])
+        # exact and deterministic: eigenvectors of the covariance, largest eigenvalues first
+        _, vecs = torch.linalg.eigh((x - mean).T @ (x - mean))
+        v = vecs[:, -q:].flip(1).float()
+        mean = mean.float()
         weight = torch.zeros_like(self.fc.weight)
         weight[:q] = v.T
         self.fc.weight.copy_(weight)
