@@ -22,13 +22,12 @@ def test_identity_head_reproduces_the_pretrained_metric():
 def test_pca_head_keeps_the_leading_directions():
     model = build_model(ModelConfig(backbone="tiny-test", weights="none", dim=2))
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(200, 16, generator=g) * torch.linspace(
-        0.1, 3, 16
-    )  # variance grows with index
+    scale = torch.tensor([0.1] * 14 + [3.0, 5.0])  # two dominant directions: the last two dims
+    feats = torch.randn(200, 16, generator=g) * scale + 7.0
     model.head.init_pca(feats.numpy())
     w = model.head.fc.weight.detach()
     assert w[:, -2:].norm(dim=1).min() > 0.99  # both rows live on the two widest dimensions
-    assert w[0, -1].abs() > 0.99  # the widest first
+    assert w[0, -1].abs() > 0.98  # the widest first
     torch.testing.assert_close(w @ w.T, torch.eye(2), atol=1e-4, rtol=0)
 
 
