@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from udml_cli.config import Config
 from udml_cli.data.registry import DatasetRef
 from udml_cli.errors import UsageError
@@ -78,8 +76,3 @@ def model_flags(backbone=None, weights=None, device=None, image_size=None, **dot
             "data.resize": max(image_size, round(image_size * 256 / 227)),
         }
     return flags | dotted
-
-
-def check_finite(x: np.ndarray, what: str) -> None:
-    if not np.isfinite(x).all():
-        raise UsageError(f"{what}: the network produced NaN/inf embeddings")

@@ -48,7 +48,7 @@ def add(
             yes,
             f"dataset '{name}' is already registered ({entries[name]['path']}); use --force",
         )
-    ref = registry.add_dataset(name, path, layout, force=True if name in entries else force)
+    ref = registry.add_dataset(name, path, layout, force=True)  # replacement confirmed above
     console.print(f"registered [bold]{ref.name}[/] → {ref.root} ({ref.layout} layout)")
 
 
