@@ -1,8 +1,8 @@
 """Quality: pretrained start vs UDML (λ = 0) vs UDML-SS (λ = 0.1), same budget and seeds.
 
 Held-out classes of Fashion-MNIST and of the cross-vendor emoji set (identity labels; the emoji
-subgroup as a second, coarser view). Writes benchmarks/results/quality.json and a markdown table
-(benchmarks/results/quality.md) with mean ± spread (min–max over seeds).
+subgroup as a second, coarser view). Writes benchmarks/results/quality-<dataset>.json and a markdown
+table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over seeds).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
 The datasets must be prepared first (scripts/demo.sh prepares Fashion-MNIST;
 `udml dataset prepare emoji --out data/emoji`).
@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--name", default="quality", help="results file name (explore/NAME for probes)")
+    ap.add_argument(
+        "--name", default="quality", help="results file prefix (explore/NAME for probes)"
+    )
     args = ap.parse_args()
 
     from udml_cli.config import load_config
@@ -63,9 +65,9 @@ def main() -> None:
     from udml_cli.models.net import build_model
     from udml_cli.training import Trainer
 
-    res = Results(args.name)
-    table: dict[tuple, list[dict]] = {}
     for dataset in args.datasets:
+        res = Results(f"{args.name}-{dataset}")
+        table: dict[tuple, list[dict]] = {}
         base = load_config(ROOT / "templates" / TEMPLATES[dataset], args.sets)
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
@@ -94,8 +96,6 @@ def main() -> None:
                 table.setdefault((dataset, mode), []).append(metrics)
                 print(f"{dataset} {mode} seed {seed}: {metrics}", file=sys.stderr, flush=True)
         for (ds, mode), runs in table.items():
-            if ds != dataset:
-                continue
             for metric in runs[0]:
                 values = [r[metric] for r in runs]
                 mean = statistics.fmean(values)
@@ -104,8 +104,8 @@ def main() -> None:
                         higher_is_better=metric != "seconds", unit="%" if metric != "seconds" else "s")  # fmt: skip
                 res.records[-1]["spread"] = [min(values), max(values)]
                 res.records[-1]["values"] = values
-    res.write()
-    write_markdown(table, RESULTS / f"{args.name}.md")
+        res.write()
+        write_markdown(table, RESULTS / f"{args.name}-{dataset}.md")
 
 
 def write_markdown(table: dict, path: Path) -> None:

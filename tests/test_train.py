@@ -167,3 +167,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, layout, tmp_path, mo
     errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "loss became nan" in errors[0]
     assert (out / "last.pt").read_bytes() == before
+
+
+def test_freeze_backbone_keeps_the_early_layers_fixed(cli, layout, tmp_path):
+    from udml_cli.config import ModelConfig
+    from udml_cli.engine import seed_everything
+    from udml_cli.models.net import build_model
+
+    seed_everything(0)  # as the trainer does before it builds the model: the same random start
+    start = build_model(ModelConfig(backbone="tiny-test", weights="none", dim=512))
+    names = [n for n, _ in start.backbone.named_parameters()]
+    out = tmp_path / "run"
+    r = _train(cli, layout, out, "--epochs", "2", "--set", "model.freeze_backbone=0.5")
+    assert r.code == 0, r.err
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    frozen = round(0.5 * len(names))
+    assert 0 < frozen < len(names)
+    moved = [
+        not torch.equal(trained[f"backbone.{n}"], start.backbone.state_dict()[n]) for n in names
+    ]
+    assert moved[:frozen] == [False] * frozen  # the input side did not move
+    assert all(moved[frozen:])  # the rest trained

@@ -40,6 +40,13 @@ class ModelConfig(_Section):
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
     dim: int = Field(512, ge=2, description="embedding size")
     freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
+    freeze_backbone: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fraction of the backbone's parameter tensors, from the input side, kept fixed "
+        "while training (0: train all, the paper; 1: train the heads only)",
+    )
     head_init: Literal["random", "pca", "identity"] = Field(
         "random",
         description="embedding head init: random (paper), PCA of the start features, or identity "

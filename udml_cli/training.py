@@ -78,6 +78,16 @@ def validate(cfg: Config, n_train: int) -> None:
         raise UsageError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
 
 
+def trainable_backbone(model, fraction: float) -> list[torch.nn.Parameter]:
+    """Fix the first ``fraction`` of the backbone's parameter tensors (definition order runs from
+    the input side) and return the rest, the ones the optimiser updates."""
+    params = list(model.backbone.parameters())
+    frozen = round(fraction * len(params))
+    for p in params[:frozen]:
+        p.requires_grad_(False)
+    return params[frozen:]
+
+
 class Trainer:
     def __init__(self, cfg: Config, ref: DatasetRef, out: Path, engine: Engine, progress=None):
         self.cfg, self.ref, self.out, self.engine, self.progress = cfg, ref, out, engine, progress
@@ -94,10 +104,15 @@ class Trainer:
         t = cfg.train
         m = self.model
         groups = [
-            {"params": list(m.backbone.parameters()), "lr": t.lr, "name": "backbone"},
+            {
+                "params": trainable_backbone(m, cfg.model.freeze_backbone),
+                "lr": t.lr,
+                "name": "backbone",
+            },
             {"params": list(m.head.parameters()), "lr": t.head_lr, "name": "head"},
             {"params": list(m.rotation_head.parameters()), "lr": t.rot_lr, "name": "rotation"},
         ]
+        groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups, weight_decay=t.weight_decay)
         self.state = State()
         self.log_path = out / "metrics.jsonl"
