@@ -46,7 +46,7 @@ def test_value_and_gradient_match_the_loop(seed, n, d, classes):
     b = raw.clone().requires_grad_(True)
     ours = weight_loss(torch.nn.functional.normalize(a, dim=1), labels)
     ref = loop_reference(torch.nn.functional.normalize(b, dim=1), labels)
-    assert float(ours) == pytest.approx(float(ref), abs=1e-5)
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
     ours.backward()
     if ref.requires_grad:
         ref.backward()
