@@ -4,8 +4,9 @@ Held-out classes of Fashion-MNIST and of the cross-vendor emoji set (identity la
 subgroup as a second, coarser view). Writes benchmarks/results/quality-<dataset>.json and a markdown
 table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over seeds).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
-The datasets must be prepared first (scripts/demo.sh prepares Fashion-MNIST;
-`udml dataset prepare emoji --out data/emoji`).
+The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
+--out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
+--out data/fashion-mnist --limit 6000`.
 """
 
 from __future__ import annotations
