@@ -137,4 +137,9 @@ def write_markdown(table: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from udml_cli.errors import UdmlError
+
+    try:
+        main()
+    except UdmlError as e:  # e.g. a dataset not prepared yet: one line, no traceback
+        sys.exit(f"error: {e}")
