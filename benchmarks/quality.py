@@ -34,18 +34,23 @@ def flat(result: dict) -> dict:
     return out
 
 
-def subgroup_view(ref, model, cfg, engine) -> dict:
-    """Emoji evaluated with the subgroup (second label column) as the class."""
+def score(model, cfg, ref, engine, t0: float, subgroups: bool) -> dict:
+    """Held-out metrics of ``model``, ``seconds`` since ``t0``; with ``subgroups`` the same
+    embeddings scored again with the subgroup (second label column) as the class."""
     import numpy as np
 
     from udml_cli.data.layout import read_split
     from udml_cli.inference import embed_split
     from udml_cli.metrics import evaluate_embeddings
 
-    samples = read_split(ref, "test")
-    x, _ = embed_split(model, cfg, ref, "test", engine)
-    coarse = np.array([s.label2 for s in samples])
-    return flat(evaluate_embeddings(x, coarse, cfg.eval.recall_at))
+    x, labels = embed_split(model, cfg, ref, "test", engine)  # once for both views
+    metrics = flat(evaluate_embeddings(x, labels, cfg.eval.recall_at, seed=cfg.cluster.seed))
+    metrics["seconds"] = time.perf_counter() - t0
+    if subgroups:
+        coarse = np.array([s.label2 for s in read_split(ref, "test")])
+        sub = flat(evaluate_embeddings(x, coarse, cfg.eval.recall_at))
+        metrics.update({f"subgroup {k}": v for k, v in sub.items()})
+    return metrics
 
 
 def main() -> None:
@@ -62,7 +67,6 @@ def main() -> None:
     from udml_cli.config import load_config
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
-    from udml_cli.inference import evaluate
     from udml_cli.models.net import build_model
     from udml_cli.training import Trainer
 
@@ -73,13 +77,8 @@ def main() -> None:
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
         start = build_model(base.model, head=False)
-        t0 = time.perf_counter()
-        start_metrics = flat(evaluate(start, base, ref, "test", engine))
-        start_metrics["seconds"] = time.perf_counter() - t0
-        if dataset == "emoji":
-            start_metrics.update(
-                {f"subgroup {k}": v for k, v in subgroup_view(ref, start, base, engine).items()}
-            )
+        subgroups = dataset == "emoji"
+        start_metrics = score(start, base, ref, engine, time.perf_counter(), subgroups)
         table[(dataset, "start")] = [start_metrics]
         for mode in args.modes:
             for seed in args.seeds:
@@ -89,11 +88,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     trainer = Trainer(cfg, ref, Path(tmp), engine)
                     trainer.run()
-                metrics = flat(evaluate(trainer.model, cfg, ref, "test", engine))
-                metrics["seconds"] = time.perf_counter() - t0
-                if dataset == "emoji":
-                    sub = subgroup_view(ref, trainer.model, cfg, engine)
-                    metrics.update({f"subgroup {k}": v for k, v in sub.items()})
+                metrics = score(trainer.model, cfg, ref, engine, t0, subgroups)
                 table.setdefault((dataset, mode), []).append(metrics)
                 print(f"{dataset} {mode} seed {seed}: {metrics}", file=sys.stderr, flush=True)
         for (ds, mode), runs in table.items():
