@@ -16,9 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Results
-
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
+from quality import ROOT, TEMPLATES
 
 
 def main() -> None:
@@ -31,6 +29,7 @@ def main() -> None:
     from udml_cli.engine import resolve_engine
     from udml_cli.inference import embed_split
     from udml_cli.metrics import evaluate_embeddings
+    from udml_cli.models.heads import EmbeddingHead
     from udml_cli.models.net import build_model
 
     cfg = load_config(ROOT / "templates" / TEMPLATES[args.dataset])
@@ -40,11 +39,11 @@ def main() -> None:
     model.embed = model.features  # the raw pooled feature, not normalised
     train, _ = embed_split(model, cfg, ref, "train", engine)
     test, labels = embed_split(model, cfg, ref, "test", engine)
+    head = EmbeddingHead(model.feat_dim, 512)
+    head.init_pca(train)  # the tool's own head_init = "pca"
+    top = head.fc.weight.detach().numpy().T.astype(np.float64)
     train, test = train.astype(np.float64), test.astype(np.float64)
     mean = train.mean(0)
-    centred = train - mean
-    _, vecs = np.linalg.eigh(centred.T @ centred)
-    top = vecs[:, ::-1][:, :512]
     variants = {
         "raw feature (the start)": test,
         "minus the training-class mean": test - mean,
