@@ -31,11 +31,23 @@ def test_warm_start_from_good_centroids_stays_good():
     assert warm.objective <= ref.inertia_ * 1.0001
 
 
-def test_deterministic_and_no_subsampling():
+def test_deterministic():
     x = _blobs(n=6000, k=5)
     a, b = kmeans(x, 5, seed=3), kmeans(x, 5, seed=3)
     np.testing.assert_array_equal(a.labels, b.labels)
-    assert np.bincount(a.labels).sum() == 6000
+
+
+def test_every_point_trains_the_centroids():
+    """6,000 points, k = 5: faiss alone would train on a 1,280-point sample (256 per centroid).
+    The centroids must be those of plain Lloyd iterations over all points from the same start."""
+    x = _blobs(n=6000, k=5, seed=2)
+    start = x[[0, 1, 2, 3, 4]].copy()
+    ours = kmeans(x, 5, niter=3, init_centroids=start)
+    c = start.astype(np.float64)
+    for _ in range(3):  # the reference: a plain loop, all points
+        assign = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        c = np.stack([x[assign == j].mean(0) for j in range(5)])
+    np.testing.assert_allclose(ours.centroids, c, rtol=0, atol=1e-4)
 
 
 def test_diagnostics_hand_worked():

@@ -40,6 +40,11 @@ class ModelConfig(_Section):
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
     dim: int = Field(512, ge=2, description="embedding size")
     freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
+    dropout: bool = Field(
+        False,
+        description="keep the backbone's dropout / stochastic depth active while training "
+        "(off: the paper's network has none)",
+    )
     freeze_backbone: float = Field(
         0.0,
         ge=0,
@@ -74,8 +79,15 @@ class ClusterConfig(_Section):
         1, ge=1, description="fresh inits, best objective kept (not for warm starts)"
     )
     warm_start: bool = Field(True, description="start each re-clustering from the last centroids")
-    feature: Literal["embedding", "backbone"] = Field(
-        "embedding", description="which feature is clustered"
+    feature: Literal["embedding", "backbone", "backbone-raw"] = Field(
+        "embedding",
+        description="which feature is clustered: the embedding, the L2-normalised pooled backbone "
+        "feature, or the raw pooled feature",
+    )
+    first_feature: Literal["same", "embedding", "backbone", "backbone-raw"] = Field(
+        "same",
+        description="the feature of a fresh run's first clustering ('same': as cluster.feature; "
+        "the paper: backbone-raw, the pretrained pool5 feature)",
     )
     seed: int = 0
 
@@ -188,7 +200,9 @@ def load_config(
     tree: dict[str, Any] = {}
     source = ""
     if path is not None:
-        path = Path(path)
+        from udml_cli.recipes import resolve_config_path
+
+        path = resolve_config_path(path)
         source = str(path)
         try:
             tree = tomllib.loads(path.read_text())

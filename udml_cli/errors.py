@@ -6,6 +6,8 @@ stderr and exits with ``exit_code``. No traceback ever reaches the user for thes
 
 from __future__ import annotations
 
+import sys
+
 
 class UdmlError(Exception):
     """A failure the user can fix. ``str(err)`` is the one line shown to them."""
@@ -38,3 +40,15 @@ class CheckpointError(UdmlError):
 
 class RegistryError(UdmlError):
     """The dataset registry file is corrupt or cannot be written."""
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr (stdout carries data only)."""
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
+def note(message: str) -> None:
+    """One ``note:`` line on stderr: something the user should know, not a problem."""
+    sys.stderr.write(f"note: {message}\n")
+    sys.stderr.flush()

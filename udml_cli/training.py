@@ -24,9 +24,9 @@ from udml_cli.data.registry import DatasetRef
 from udml_cli.data.sampler import PKSampler
 from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
-from udml_cli.errors import UdmlError, UsageError
+from udml_cli.errors import UdmlError, UsageError, note
 from udml_cli.fileio import atomic_write_text
-from udml_cli.losses import rotate_batch, rotation_loss, weight_loss
+from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
 from udml_cli.models.net import build_model
 
@@ -55,6 +55,8 @@ class State:
     step: int = 0  # batches done in total
     pseudo_labels: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    clustered_at: int = -1  # the epoch whose re-clustering produced pseudo_labels/centroids
+    cluster_feature: str = ""  # the feature those centroids live in (warm starts need the same)
 
 
 def validate(cfg: Config, n_train: int) -> None:
@@ -76,6 +78,51 @@ def validate(cfg: Config, n_train: int) -> None:
         )
     if cfg.loss.metric_weight == 0 and cfg.loss.rot_weight == 0:
         raise UsageError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
+
+
+# What may differ between a run and its resumption: how long, how often things are written or
+# evaluated, where data lives, how the work runs. Learning rates and weight decay are re-applied
+# to the restored optimiser. Anything else would make a different run: refused, naming the keys.
+_FREE_ON_RESUME = {
+    "train.epochs", "train.save_step", "train.eval_step", "train.log_every", "data.data_root",
+    "data.cache",
+}  # fmt: skip
+_REAPPLIED = {"train.lr", "train.head_lr", "train.rot_lr", "train.weight_decay"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(saved: dict, cfg: Config, path: Path) -> dict:
+    """``{key: (old, new)}`` for the re-applied keys that changed; refuse other changes."""
+    old = _flat(saved)
+    new = _flat(cfg.model_dump(mode="json"))
+    changed = {
+        k: (old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.startswith(("engine.", "eval."))
+    }
+    refused = [k for k in changed if k not in _FREE_ON_RESUME | _REAPPLIED]
+    if refused:
+        shown = ", ".join(f"{k} ({changed[k][0]} → {changed[k][1]})" for k in refused[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise UsageError(
+            f"{path}: cannot resume with different settings: {shown}{more}; resume with the run's "
+            "config.toml (drop those --set/--config values) or start a new run with another --out"
+        )
+    return {k: v for k, v in changed.items() if k in _REAPPLIED}
+
+
+def _group_lr(cfg: Config, name: str | None) -> float:
+    t = cfg.train
+    return {"head": t.head_lr, "rotation": t.rot_lr}.get(name or "", t.lr)
 
 
 def trainable_backbone(model, fraction: float) -> list[torch.nn.Parameter]:
@@ -137,26 +184,43 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             pseudo_labels=torch.from_numpy(s.pseudo_labels),
             centroids=torch.from_numpy(s.centroids),
+            clustered_at=s.clustered_at,
+            cluster_feature=s.cluster_feature,
         )
         return path
 
     def resume(self, path: Path) -> None:
+        """Load ``path`` after checking it agrees with this run; touches nothing on disk."""
         payload = load_checkpoint(path)
-        if payload["config"]["model"] != self.cfg.model.model_dump(mode="json"):
+        changes = resume_changes(payload["config"], self.cfg, path)
+        labels = payload["pseudo_labels"].numpy()
+        if len(labels) != len(self.plain):
             raise UsageError(
-                f"{path}: its model settings differ from this run's; resume with its config"
+                f"{path}: the run was trained on {len(labels)} images but {self.ref.name} now has "
+                f"{len(self.plain)} training images; the dataset changed: start a new run (--out)"
             )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:  # the config's values win over the saved ones
+            group["lr"] = _group_lr(self.cfg, group.get("name"))
+            group["weight_decay"] = self.cfg.train.weight_decay
+        for key, (old, new) in changes.items():
+            note(f"resume: {key} changed {old} → {new}; applied from step {payload['step']}")
         s = self.state
         s.epoch, s.iteration, s.step = payload["epoch"], payload["iteration"], payload["step"]
-        s.pseudo_labels = payload["pseudo_labels"].numpy()
+        s.pseudo_labels = labels
         s.centroids = payload["centroids"].numpy()
+        up = self.cfg.train.up_step
+        # checkpoints before udml 0.1.1 lack clustered_at: their labels are from the last due epoch
+        legacy = s.epoch - s.epoch % up if s.iteration or s.epoch % up else s.epoch - up
+        s.clustered_at = int(payload.get("clustered_at", max(0, legacy)))
+        s.cluster_feature = str(payload.get("cluster_feature", self.cfg.cluster.feature))
 
     # ---- clustering --------------------------------------------------------------------------
     @torch.no_grad()
-    def clustered_feature(self) -> np.ndarray:
-        """The feature k-means sees for every training image (centre crop, no augmentation)."""
+    def clustered_feature(self, kind: str) -> np.ndarray:
+        """The feature k-means sees for every training image (centre crop, no augmentation):
+        ``embedding``, the L2-normalised pooled ``backbone`` feature or the raw one."""
         self.model.eval()
         feat, _ = extract(
             self.model.features, self.plain, self.engine, self.cfg.eval.batch_size,
@@ -164,22 +228,34 @@ class Trainer:
         )  # fmt: skip
         if self.cfg.model.head_init == "pca" and self.state.centroids is None:
             self.model.head.init_pca(feat)  # first clustering of a fresh run
-        if self.cfg.cluster.feature == "backbone":
+        if kind == "backbone-raw":
+            return feat
+        if kind == "backbone":
             return feat / np.linalg.norm(feat, axis=1, keepdims=True).clip(1e-12)
         proj = self.model.project(torch.from_numpy(feat).to(self.engine.device))
         return proj.float().cpu().numpy()
 
     def recluster(self, first: bool) -> None:
-        c = self.cfg.cluster
-        x = self.clustered_feature()
-        warm = self.state.centroids if (c.warm_start and not first) else None
+        c, s = self.cfg.cluster, self.state
+        kind = c.first_feature if first and c.first_feature != "same" else c.feature
+        x = self.clustered_feature(kind)
+        # warm start only from centroids of the same feature (the original, too, starts the
+        # first embedding clustering after a pool5 one from k-means++)
+        warm = (
+            s.centroids
+            if c.warm_start and not first and s.cluster_feature == kind
+            else None
+        )
         result = kmeans(
             x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
         )
-        self.state.pseudo_labels, self.state.centroids = result.labels, result.centroids
+        # one assignment: an interrupt leaves either the old clustering or the new one, whole
+        s.pseudo_labels, s.centroids, s.clustered_at, s.cluster_feature = (
+            result.labels, result.centroids, s.epoch, kind,
+        )  # fmt: skip
         diag = diagnostics(result.labels, c.num_clusters, result.objective, self.plain.labels)
         diag.pop("sizes")
-        self.log("cluster", **diag)
+        self.log("cluster", feature=kind, **diag)
         p = self.cfg.train.batch_size // self.cfg.train.instances
         if c.num_clusters - diag["empty"] < p:
             raise TrainingError(
@@ -189,25 +265,29 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """One batch. The backbone runs under the engine's autocast; the heads and both losses in
+        fp32 with autocast off (a bf16 similarity matrix is amplified by α = 40)."""
         cfg, eng, m = self.cfg, self.engine, self.model
         x = eng.to_device(images)
         y = labels.to(eng.device)
+        n = len(x)
         rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
+        if rb:
+            pick = rotation_draw(n, rb).to(x.device)  # across the batch, seeded per iteration
+            rotated, turns = rotate_batch(x[pick])
+            x = torch.cat([x, rotated])
         with eng.autocast():
-            if rb:
-                rotated, turns = rotate_batch(x[:rb])
-                feat = m.features(torch.cat([x, rotated]))
-            else:
-                feat = m.features(x)
-            n = len(x)
+            feat = m.features(x)
+        with torch.autocast(eng.device.type, enabled=False):
+            feat = feat.float()
             emb = m.project(feat[:n])
             metric = weight_loss(
-                emb.float(), y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin
+                emb, y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin
             )
             loss = cfg.loss.metric_weight * metric
             out = {"weight_loss": metric.item()}
             if rb:
-                logits = m.rotation_head(torch.cat([feat[:rb], feat[n:]])).float()
+                logits = m.rotation_head(torch.cat([feat[pick], feat[n:]]))
                 target = torch.cat([torch.zeros(rb, dtype=torch.long, device=x.device), turns])
                 rot = rotation_loss(logits, target)
                 loss = loss + cfg.loss.rot_weight * rot
@@ -226,10 +306,11 @@ class Trainer:
 
     def run(self, resume_from: Path | None = None, evaluate=None) -> Path:
         cfg, t, s = self.cfg, self.cfg.train, self.state
+        if resume_from is not None:
+            self.resume(resume_from)  # every check first: a refused resume changes nothing
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.toml", cfg.to_toml())
         if resume_from is not None:
-            self.resume(resume_from)
             self.log("resume", checkpoint=str(resume_from), iteration=s.iteration)
         else:
             self.log_path.write_text("")
@@ -245,7 +326,8 @@ class Trainer:
         last = self.out / "last.pt"
         try:
             while s.epoch < t.epochs:
-                if s.iteration == 0 and s.epoch > 0 and s.epoch % t.up_step == 0:
+                due = s.iteration == 0 and s.epoch > 0 and s.epoch % t.up_step == 0
+                if due and s.clustered_at != s.epoch:  # not already done before an interrupt
                     self.recluster(first=False)
                     sampler = PKSampler(
                         s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch

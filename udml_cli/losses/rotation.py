@@ -16,4 +16,13 @@ def rotate_batch(
 
 
 def rotation_loss(logits: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, turns)
+    """Cross-entropy in fp32 with autocast off (as the Weight loss)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.cross_entropy(logits.float(), turns)
+
+
+def rotation_draw(n: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which images of a batch of ``n`` are rotated: ``count`` drawn uniformly with replacement
+    across the whole batch, as the original code does (not the first ``count``, which would come
+    from the first few clusters only)."""
+    return torch.randint(n, (count,), generator=generator)

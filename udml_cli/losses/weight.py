@@ -7,6 +7,9 @@ s − margin < max negative similarity; an anchor with no kept positive or negat
     loss = Σ_i L_i / batch size
 α scales negatives (official 40), β positives (official 2). pytorch-metric-learning's
 MultiSimilarityLoss names them the other way round.
+
+Always computed in fp32 with autocast off: under bf16 autocast the similarity matmul would be cast
+down, and exp(α·s) with α = 40 turns its rounding into percent-level gradient errors.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def weight_loss(
     base: float = 0.5,
     margin: float = 0.1,
 ) -> torch.Tensor:
+    with torch.autocast(emb.device.type, enabled=False):
+        return _weight_loss(emb.float(), labels, alpha, beta, base, margin)
+
+
+def _weight_loss(emb, labels, alpha, beta, base, margin) -> torch.Tensor:
     n = emb.shape[0]
     sim = emb @ emb.T
     same = labels[:, None] == labels[None, :]

@@ -8,6 +8,8 @@ file holding a state dict.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from udml_cli.errors import CheckpointError, UdmlError, UsageError
+from udml_cli.errors import CheckpointError, UdmlError, UsageError, warn
+from udml_cli.models.bvlc_googlenet import MEAN_RGB, STD_RGB, BVLCGoogLeNet, convert_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,32 +39,33 @@ class Spec:
     build: Callable[[str], Backbone]  # weights ("imagenet" | "none") → Backbone
     description: str
     hidden: bool = False
+    convert: Callable[[dict], dict] | None = None  # a foreign weights file's keys → ours
 
 
 REGISTRY: dict[str, Spec] = {}
 
 
-def register(name: str, description: str, hidden: bool = False):
+def register(name: str, description: str, hidden: bool = False, convert=None):
     def wrap(fn):
-        REGISTRY[name] = Spec(fn, description, hidden)
+        REGISTRY[name] = Spec(fn, description, hidden, convert)
         return fn
 
     return wrap
 
 
-def _torchvision(name: str, weights: str, head_attr: str) -> Backbone:
+# Architecture flags fixed per backbone, whatever the weights: a network rebuilt from a checkpoint
+# (weights "none") must be the very network that was trained. torchvision's googlenet, for one,
+# switches ``transform_input`` on only when it loads ImageNet weights.
+_TV_ARCH = {"googlenet": {"aux_logits": False, "transform_input": True, "init_weights": True}}
+
+
+def _imagenet_state(name: str) -> dict:
     import torchvision
 
-    kwargs = {}
-    if name == "googlenet":
-        kwargs = {"aux_logits": False, "init_weights": weights != "imagenet"}
-    tv_weights = None
-    if weights == "imagenet":
-        tv_weights = torchvision.models.get_model_weights(name).DEFAULT
-        if name == "googlenet":
-            kwargs = {}
+    enum = torchvision.models.get_model_weights(name).DEFAULT
     try:
-        model = torchvision.models.get_model(name, weights=tv_weights, **kwargs)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries data only
+            state = enum.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a partial file a RuntimeError
         reason = str(getattr(e, "reason", e)).splitlines()[0][:120]
         raise UdmlError(
@@ -69,9 +73,20 @@ def _torchvision(name: str, weights: str, head_attr: str) -> Backbone:
             f"Put the file in {torch.hub.get_dir()}/checkpoints, pass --weights PATH, "
             "or use --weights none or an offline backbone (efficientnet_lite0)"
         ) from None
-    if name == "googlenet":
-        model.aux_logits = False
-        model.aux1 = model.aux2 = None
+    return {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+
+
+def _tv_model(name: str, weights: str):
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None, **_TV_ARCH.get(name, {}))
+    if weights == "imagenet":
+        model.load_state_dict(_imagenet_state(name))
+    return model
+
+
+def _torchvision(name: str, weights: str, head_attr: str) -> Backbone:
+    model = _tv_model(name, weights)
     head = getattr(model, head_attr)
     if isinstance(head, nn.Sequential):
         feat_dim = next(m for m in head if isinstance(m, nn.Linear)).in_features
@@ -82,7 +97,7 @@ def _torchvision(name: str, weights: str, head_attr: str) -> Backbone:
 
 
 for _name, _attr, _desc in [
-    ("googlenet", "fc", "Inception v1, 1024-d (the paper's network)"),
+    ("googlenet", "fc", "Inception v1 with BatchNorm (torchvision), 1024-d"),
     ("resnet18", "fc", "ResNet-18, 512-d"),
     ("resnet50", "fc", "ResNet-50, 2048-d"),
     ("efficientnet_b0", "classifier", "EfficientNet-B0 (torchvision), 1280-d"),
@@ -104,8 +119,8 @@ class _ConvNextPool(nn.Module):
 
 @register("convnext_tiny", "ConvNeXt-T, 768-d")
 def _convnext(weights: str) -> Backbone:
-    b = _torchvision("convnext_tiny", weights, "classifier")
-    return Backbone(_ConvNextPool(b.module), 768, IMAGENET_MEAN, IMAGENET_STD)
+    model = _tv_model("convnext_tiny", weights)
+    return Backbone(_ConvNextPool(model), 768, IMAGENET_MEAN, IMAGENET_STD)
 
 
 class _LitePool(nn.Module):
@@ -148,6 +163,38 @@ def _lite2(weights: str) -> Backbone:
     return _lite("lite2", weights)
 
 
+def _bvlc_file() -> Path | None:
+    """Where ``--weights imagenet`` looks for the converted Caffe file (it has no download)."""
+    from udml_cli.data.registry import udml_home
+
+    for folder in (udml_home() / "weights", Path(torch.hub.get_dir()) / "checkpoints"):
+        for name in ("bvlc_googlenet.pth", "inception.pth"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+@register(
+    "bvlc_googlenet",
+    "Caffe BVLC GoogLeNet, 1024-d: the paper's network (weights: a converted Caffe file)",
+    convert=convert_state_dict,
+)
+def _bvlc(weights: str) -> Backbone:
+    backbone = Backbone(BVLCGoogLeNet(), 1024, MEAN_RGB, STD_RGB)
+    if weights == "imagenet":
+        path = _bvlc_file()
+        if path is None:
+            from udml_cli.data.registry import udml_home
+
+            raise UsageError(
+                "bvlc_googlenet's ImageNet weights are a converted Caffe file with no download: "
+                f"pass --weights PATH (e.g. the original code's pretrained/inception.pth) or put it "
+                f"at {udml_home() / 'weights' / 'bvlc_googlenet.pth'}"
+            )
+        _load_file(backbone, path, "bvlc_googlenet", convert_state_dict)
+    return backbone
+
+
 class _Tiny(nn.Module):
     def __init__(self):
         super().__init__()
@@ -176,27 +223,68 @@ def names(include_hidden: bool = False) -> list[str]:
     return [n for n, s in REGISTRY.items() if include_hidden or not s.hidden]
 
 
-def create_backbone(name: str, weights: str) -> Backbone:
-    """The one factory. ``weights``: imagenet | none | path to a state dict for this backbone."""
-    if name not in REGISTRY:
-        raise UsageError(f"unknown backbone '{name}' (valid: {', '.join(names())})")
-    spec = REGISTRY[name]
-    if weights in ("imagenet", "none"):
-        return spec.build(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--weights must be imagenet, none or a file; {path} does not exist")
-    backbone = spec.build("none")
+def _read_state(path: Path) -> dict:
+    """A state dict from ``path`` without running code: tensors, or numpy arrays as the original
+    UDML-SS code stored its converted Caffe weights (only numpy's array globals are allowed)."""
+    import numpy as np
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        missing, _ = backbone.module.load_state_dict(state, strict=False)
-    except Exception as e:  # truncated/foreign files raise many kinds
-        raise CheckpointError(f"{path}: cannot load weights for {name} ({e})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        from numpy._core.multiarray import _reconstruct
+
+        # files pickled by numpy 1.x name numpy.core.multiarray, numpy 2.x numpy._core.multiarray
+        allowed = [np.ndarray, np.dtype, _reconstruct]
+        allowed += [(_reconstruct, "numpy.core.multiarray._reconstruct")]
+        allowed += [type(np.dtype(t)) for t in ("f4", "f8", "f2", "i8", "i4", "u1")]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_file(backbone: Backbone, path: Path, name: str, convert=None) -> None:
+    try:
+        state = _read_state(path)
+    except Exception as e:  # truncated, foreign or unsafe files raise many kinds
+        text = str(e)
+        why = "it holds Python objects other than tensors" if "GLOBAL" in text or "Unsupported global" in text else "unreadable or truncated"
+        raise CheckpointError(f"{path}: cannot load weights for {name}: {why}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: cannot load weights for {name}: not a state dict")
+    if convert is not None:
+        state = convert(state)
+    own = backbone.module.state_dict()
+    state = {k: v for k, v in state.items() if k in own}  # drop classifier layers and the like
+    missing = [k for k in own if k not in state]
     if missing:
         raise CheckpointError(
             f"{path}: {len(missing)} parameters of {name} missing (e.g. {missing[0]}); "
             "is this a state dict of that backbone?"
         )
+    wrong = [k for k, v in state.items() if v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, {name} needs "
+            f"{tuple(own[wrong[0]].shape)}; is this a state dict of that backbone?"
+        )
+    backbone.module.load_state_dict(state)
+
+
+def create_backbone(name: str, weights: str, quiet: bool = False) -> Backbone:
+    """The one factory. ``weights``: imagenet | none | path to a state dict for this backbone.
+
+    The architecture never depends on ``weights``: only the values loaded into it do."""
+    if name not in REGISTRY:
+        raise UsageError(f"unknown backbone '{name}' (valid: {', '.join(names())})")
+    spec = REGISTRY[name]
+    if weights in ("imagenet", "none"):
+        if weights == "none" and not quiet and name != "tiny-test":
+            warn(f"{name} is randomly initialised (--weights none)")
+        return spec.build(weights)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--weights must be imagenet, none or a file; {path} does not exist")
+    backbone = spec.build("none")
+    _load_file(backbone, path, name, spec.convert)
     return backbone

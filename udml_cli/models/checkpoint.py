@@ -85,7 +85,7 @@ def model_from_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint")
     from udml_cli.models.net import build_model
 
     cfg = config_from_dict(payload["config"])
-    model = build_model(cfg.model, head=True, weights="none")
+    model = build_model(cfg.model, head=True, weights="none", quiet=True)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as e:

@@ -17,8 +17,11 @@ class EmbeddingNet(nn.Module):
     With ``dim=None`` (backbone evaluation) the embedding is the normalised pooled feature.
     """
 
-    def __init__(self, backbone, dim: int | None, rotation: bool = True) -> None:
+    def __init__(
+        self, backbone, dim: int | None, rotation: bool = True, dropout: bool = False
+    ) -> None:
         super().__init__()
+        self.dropout = dropout
         self.backbone = backbone.module
         self.feat_dim = backbone.feat_dim
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
@@ -48,10 +51,25 @@ class EmbeddingNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        if mode and not self.dropout:
+            for m in self.modules():
+                if _is_stochastic(m):
+                    m.training = False  # this module only: a block's BatchNorm keeps its mode
         return self
 
 
-def build_model(cfg: ModelConfig, head: bool = True, weights: str | None = None) -> EmbeddingNet:
-    """The model of a config; ``weights`` overrides ``cfg.weights`` (checkpoints pass ``none``)."""
-    backbone = create_backbone(cfg.backbone, weights or cfg.weights)
-    return EmbeddingNet(backbone, cfg.dim if head else None, rotation=head)
+def _is_stochastic(m: nn.Module) -> bool:
+    """Dropout and its relatives: torchvision's StochasticDepth, EfficientNet-Lite's drop-connect
+    (applied by each ``MBConvBlock`` while it is in training mode)."""
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return True
+    return type(m).__name__ in ("StochasticDepth", "MBConvBlock")
+
+
+def build_model(
+    cfg: ModelConfig, head: bool = True, weights: str | None = None, quiet: bool = False
+) -> EmbeddingNet:
+    """The model of a config; ``weights`` overrides ``cfg.weights`` (checkpoints pass ``none``
+    with ``quiet``: their weights come from the file)."""
+    backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
+    return EmbeddingNet(backbone, cfg.dim if head else None, rotation=head, dropout=cfg.dropout)
