@@ -7,7 +7,7 @@ priority, from: the defaults, a TOML file (``--config``), the few common flags, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,17 +16,25 @@ from udml_cli.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every float must be finite (lr = inf, alpha = nan are refused); ranges are on the fields
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+SEED = Field(0, ge=0, le=2**31 - 1, description="random seed")
+BIG = 10**7  # a generous upper bound for counts: a typo, not a recipe, goes above it
 
 
 class DataConfig(_Section):
     dataset: str | None = Field(None, description="registered name, built-in name or layout path")
     data_root: str | None = Field(None, description="root of the built-in datasets (cub, car, sop)")
-    image_size: int = Field(227, ge=8, description="crop size fed to the network")
-    resize: int = Field(256, ge=8, description="shorter side before cropping")
+    image_size: int = Field(227, ge=8, le=4096, description="crop size fed to the network")
+    resize: int = Field(256, ge=8, le=8192, description="shorter side before cropping")
     crop_scale_min: float = Field(0.16, gt=0, le=1, description="RandomResizedCrop lower scale")
     flip: bool = Field(True, description="random horizontal flip while training")
     cache: bool = Field(False, description="keep decoded, resized images in memory")
+    strict: bool = Field(
+        False, description="stop on an unreadable image instead of skipping and listing it"
+    )
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:
@@ -38,7 +46,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     backbone: str = Field("googlenet", description="backbone name (see `udml eval --help`)")
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
-    dim: int = Field(512, ge=2, description="embedding size")
+    dim: int = Field(512, ge=2, le=65536, description="embedding size")
     freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
     dropout: bool = Field(
         False,
@@ -60,23 +68,23 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    alpha: float = Field(40.0, gt=0, description="Weight loss scale on negatives")
-    beta: float = Field(2.0, gt=0, description="Weight loss scale on positives")
-    base: float = Field(0.5, description="similarity offset")
-    margin: float = Field(0.1, ge=0, description="hard-mining margin")
+    alpha: float = Field(40.0, gt=0, le=1000, description="Weight loss scale on negatives")
+    beta: float = Field(2.0, gt=0, le=1000, description="Weight loss scale on positives")
+    base: float = Field(0.5, ge=-1, le=1, description="similarity offset")
+    margin: float = Field(0.1, ge=0, le=2, description="hard-mining margin")
     metric_weight: float = Field(
         1.0, ge=0, description="weight of the Weight loss (0: rotation only)"
     )
     rot_weight: float = Field(0.1, ge=0, description="lambda of the rotation loss (0: plain UDML)")
-    rot_batch: int = Field(16, ge=0, description="images of each batch rotated 4 ways")
+    rot_batch: int = Field(16, ge=0, le=4096, description="images of each batch rotated 4 ways")
 
 
 class ClusterConfig(_Section):
-    num_clusters: int = Field(100, ge=2, description="k of k-means = number of pseudo-classes")
-    niter: int = Field(20, ge=1, description="k-means iterations")
+    num_clusters: int = Field(100, ge=2, le=BIG, description="k of k-means = number of pseudo-classes")
+    niter: int = Field(20, ge=1, le=10000, description="k-means iterations")
     init: Literal["kmeans++", "random"] = "kmeans++"
     n_init: int = Field(
-        1, ge=1, description="fresh inits, best objective kept (not for warm starts)"
+        1, ge=1, le=1000, description="fresh inits, best objective kept (not for warm starts)"
     )
     warm_start: bool = Field(True, description="start each re-clustering from the last centroids")
     feature: Literal["embedding", "backbone", "backbone-raw"] = Field(
@@ -89,27 +97,27 @@ class ClusterConfig(_Section):
         description="the feature of a fresh run's first clustering ('same': as cluster.feature; "
         "the paper: backbone-raw, the pretrained pool5 feature)",
     )
-    seed: int = 0
+    seed: int = SEED
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(600, ge=1)
-    batch_size: int = Field(80, ge=2, description="P x K images per batch")
-    instances: int = Field(5, ge=2, description="K: images per cluster in a batch")
+    epochs: int = Field(600, ge=1, le=BIG)
+    batch_size: int = Field(80, ge=2, le=65536, description="P x K images per batch")
+    instances: int = Field(5, ge=2, le=4096, description="K: images per cluster in a batch")
     iters_per_epoch: int | None = Field(
-        None, ge=1, description="default: num_clusters * instances / batch_size (official)"
+        None, ge=1, le=BIG, description="default: num_clusters * instances / batch_size (official)"
     )
-    lr: float = Field(1e-5, gt=0, description="backbone learning rate")
-    head_lr: float = Field(1e-5, gt=0, description="embedding head learning rate")
-    rot_lr: float = Field(1e-5, gt=0, description="rotation head learning rate")
-    weight_decay: float = Field(5e-4, ge=0)
-    up_step: int = Field(5, ge=1, description="re-cluster every N epochs")
-    save_step: int = Field(50, ge=1, description="checkpoint every N epochs")
+    lr: float = Field(1e-5, gt=0, le=10, description="backbone learning rate")
+    head_lr: float = Field(1e-5, gt=0, le=10, description="embedding head learning rate")
+    rot_lr: float = Field(1e-5, gt=0, le=10, description="rotation head learning rate")
+    weight_decay: float = Field(5e-4, ge=0, le=10)
+    up_step: int = Field(5, ge=1, le=BIG, description="re-cluster every N epochs")
+    save_step: int = Field(50, ge=1, le=BIG, description="checkpoint every N epochs")
     eval_step: int = Field(
-        0, ge=0, description="evaluate on the test split every N epochs (0: off)"
+        0, ge=0, le=BIG, description="evaluate on the test split every N epochs (0: off)"
     )
-    log_every: int = Field(10, ge=1, description="write metrics.jsonl every N iterations")
-    seed: int = 0
+    log_every: int = Field(10, ge=1, le=BIG, description="write metrics.jsonl every N iterations")
+    seed: int = SEED
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:
@@ -122,9 +130,11 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    split: str = "test"
-    recall_at: list[int] = Field([1, 2, 4, 8, 16, 32], min_length=1)
-    batch_size: int = Field(128, ge=1, description="images per forward pass when extracting")
+    split: Literal["train", "test"] = "test"
+    recall_at: list[Annotated[int, Field(ge=1, le=BIG)]] = Field(
+        [1, 2, 4, 8, 16, 32], min_length=1, max_length=64
+    )
+    batch_size: int = Field(128, ge=1, le=65536, description="images per forward pass when extracting")
 
 
 class EngineConfig(_Section):
@@ -132,7 +142,9 @@ class EngineConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere"
     )
-    workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes")
+    workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes (0: load in the main process)"
+    )
     channels_last: bool | Literal["auto"] = "auto"
     deterministic: bool = Field(False, description="deterministic torch algorithms")
 
@@ -162,7 +174,9 @@ def _parse_value(raw: str) -> Any:
 
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    # section.key, then list indexes; pydantic's union-branch tags (constrained-int …) dropped
+    loc = first["loc"]
+    key = ".".join([str(p) for p in loc[:2]] + [str(p) for p in loc[2:] if isinstance(p, int)])
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
         section = first["loc"][0] if len(first["loc"]) > 1 else None
@@ -195,9 +209,13 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    base: dict | None = None,
 ) -> Config:
-    """Defaults < TOML file < flags (dotted keys, None = not given) < ``--set`` overrides."""
-    tree: dict[str, Any] = {}
+    """Defaults < ``base`` (a checkpoint's config) or TOML file < flags (dotted keys, None = not
+    given) < ``--set`` overrides."""
+    import copy
+
+    tree: dict[str, Any] = copy.deepcopy(base) if base and path is None else {}
     source = ""
     if path is not None:
         from udml_cli.recipes import resolve_config_path

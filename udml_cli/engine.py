@@ -121,7 +121,8 @@ def extract(
     description: str = "embedding",
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stream ``dataset`` (yielding ``(image, label)``) through ``forward``; float32 rows + labels."""
+    """Stream ``dataset`` (yielding ``(image, key)``: an index, ``FAILED`` for an unreadable
+    image) through ``forward``; float32 rows and the keys, in dataset order."""
     loader = engine.loader(dataset, batch_size)
     task = progress.add_task(description, total=len(dataset)) if progress else None
     feats, labels = [], []

@@ -52,3 +52,21 @@ def note(message: str) -> None:
     """One ``note:`` line on stderr: something the user should know, not a problem."""
     sys.stderr.write(f"note: {message}\n")
     sys.stderr.flush()
+
+
+def describe_os_error(e: OSError, action: str = "cannot write") -> str:
+    """One line for an OS error, naming the path: 'cannot write X: No space left on device'."""
+    import errno
+
+    reason = e.strerror or type(e).__name__
+    hint = {
+        errno.ENOSPC: "; free some space or write elsewhere",
+        errno.EACCES: "; check the permissions or write elsewhere",
+        errno.EROFS: "; write elsewhere",
+        errno.EISDIR: "; give a file name, not a folder",
+    }.get(e.errno or 0, "")
+    where = e.filename if e.filename is not None else ""
+    if not where:
+        return f"{reason}{hint}"
+    verb = action if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EISDIR) else "on"
+    return f"{verb} {where}: {reason}{hint}"

@@ -20,7 +20,11 @@ def load_model(cfg: Config, checkpoint: Path | None, backbone: str | None):
         payload = load_checkpoint(checkpoint)
         model, ckpt_cfg = model_from_checkpoint(payload, checkpoint)
         # the checkpoint decides the model and image pipeline; the rest comes from this run
-        keep = {"engine": cfg.engine, "eval": cfg.eval, "cluster": cfg.cluster}
+        # (how to treat unreadable images and where data lives are this run's too)
+        data = ckpt_cfg.data.model_copy(
+            update={"strict": cfg.data.strict, "data_root": cfg.data.data_root}
+        )
+        keep = {"engine": cfg.engine, "eval": cfg.eval, "cluster": cfg.cluster, "data": data}
         cfg = ckpt_cfg.model_copy(update=keep)
         return model, cfg, payload.get("dataset")
     if backbone is None:
@@ -41,18 +45,29 @@ def model_and_dataset(cfg: Config, checkpoint, backbone, dataset, data_root):
     return model, cfg, resolve_dataset(name, data_root or cfg.data.data_root)
 
 
-def embed_split(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None):
-    from udml_cli.data.images import ImageDataset
+def embed_split(
+    model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None, kept: list | None = None
+):
+    """``(embeddings, labels)`` of a split's readable images; unreadable ones are skipped with a
+    warning (or stop the command under ``data.strict``). ``kept`` receives the samples embedded,
+    in row order."""
+    from udml_cli.data.images import FAILED, ImageDataset, report_unreadable
     from udml_cli.data.layout import read_split
     from udml_cli.data.transforms import eval_transform
     from udml_cli.engine import extract
 
     samples = read_split(ref, split)
-    dataset = ImageDataset(samples, eval_transform(cfg.data))
+    dataset = ImageDataset(samples, eval_transform(cfg.data), size=cfg.data.image_size)
     model = engine.prepare_model(model).eval()
-    return extract(
+    x, index = extract(
         model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {ref.name}/{split}", progress
     )
+    ok = index != FAILED
+    bad = [str(samples[i].path) for i in (~ok).nonzero()[0]]
+    report_unreadable(bad, len(samples), cfg.data.strict, f"{ref.name}/{split}")
+    if kept is not None:
+        kept.extend(s for s, good in zip(samples, ok.tolist(), strict=True) if good)
+    return x[ok], dataset.labels[index[ok]]
 
 
 def evaluate(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None) -> dict:

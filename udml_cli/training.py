@@ -18,14 +18,14 @@ import torch
 
 from udml_cli.clustering import diagnostics, kmeans
 from udml_cli.config import Config
-from udml_cli.data.images import ImageDataset
+from udml_cli.data.images import FAILED, ImageDataset, report_unreadable
 from udml_cli.data.layout import read_split
 from udml_cli.data.registry import DatasetRef
 from udml_cli.data.sampler import PKSampler
 from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
-from udml_cli.errors import UdmlError, UsageError, note
-from udml_cli.fileio import atomic_write_text
+from udml_cli.errors import CheckpointError, DatasetError, UdmlError, UsageError, note
+from udml_cli.fileio import append_line, atomic_write_text
 from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
 from udml_cli.models.net import build_model
@@ -144,10 +144,8 @@ class Trainer:
         self.model = engine.prepare_model(build_model(cfg.model))
         if cfg.model.head_init == "identity":
             self.model.head.init_identity()
-        cache = cfg.data.resize if cfg.data.cache else None
-        self.plain = ImageDataset(samples, eval_transform(cfg.data), cache_size=cache)
-        self.augmented = _SeededImages(samples, train_transform(cfg.data))
-        self.augmented.cache = self.plain.cache
+        self.skipped: list[str] = []  # unreadable training images (relative paths), left out
+        self._use_samples(samples)
         t = cfg.train
         m = self.model
         groups = [
@@ -164,11 +162,27 @@ class Trainer:
         self.state = State()
         self.log_path = out / "metrics.jsonl"
 
+    def _use_samples(self, samples) -> None:
+        cfg = self.cfg
+        cache = cfg.data.resize if cfg.data.cache else None
+        self.plain = ImageDataset(
+            samples, eval_transform(cfg.data), cache_size=cache, size=cfg.data.image_size
+        )
+        self.augmented = _SeededImages(samples, train_transform(cfg.data))
+        self.augmented.cache = self.plain.cache
+
+    def _leave_out(self, rels: set[str]) -> None:
+        """Train without these images (unreadable at the first pass)."""
+        kept = [s for s in self.plain.samples if s.rel not in rels]
+        self.skipped = sorted(set(self.skipped) | rels)
+        if len(kept) != len(self.plain.samples):
+            self._use_samples(kept)
+            validate(self.cfg, len(kept))
+
     # ---- bookkeeping -------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
         record = {"event": event, "epoch": self.state.epoch, "step": self.state.step, **fields}
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.log_path, json.dumps(record))
 
     def save(self, name: str) -> Path:
         s = self.state
@@ -186,21 +200,29 @@ class Trainer:
             centroids=torch.from_numpy(s.centroids),
             clustered_at=s.clustered_at,
             cluster_feature=s.cluster_feature,
+            skipped=list(self.skipped),
         )
         return path
 
     def resume(self, path: Path) -> None:
         """Load ``path`` after checking it agrees with this run; touches nothing on disk."""
-        payload = load_checkpoint(path)
+        payload = load_checkpoint(path, training=True)
         changes = resume_changes(payload["config"], self.cfg, path)
+        self._leave_out(set(payload.get("skipped", [])))
         labels = payload["pseudo_labels"].numpy()
         if len(labels) != len(self.plain):
             raise UsageError(
                 f"{path}: the run was trained on {len(labels)} images but {self.ref.name} now has "
                 f"{len(self.plain)} training images; the dataset changed: start a new run (--out)"
             )
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if labels.min(initial=0) < 0 or labels.max(initial=0) >= self.cfg.cluster.num_clusters:
+            raise CheckpointError(f"{path}: damaged: pseudo-labels outside 0..num_clusters-1")
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:160]
+            raise CheckpointError(f"{path}: does not fit this run's network ({first})") from None
         for group in self.optimizer.param_groups:  # the config's values win over the saved ones
             group["lr"] = _group_lr(self.cfg, group.get("name"))
             group["weight_decay"] = self.cfg.train.weight_decay
@@ -222,10 +244,20 @@ class Trainer:
         """The feature k-means sees for every training image (centre crop, no augmentation):
         ``embedding``, the L2-normalised pooled ``backbone`` feature or the raw one."""
         self.model.eval()
-        feat, _ = extract(
+        feat, index = extract(
             self.model.features, self.plain, self.engine, self.cfg.eval.batch_size,
             "embedding train", self.progress,
         )  # fmt: skip
+        bad = (index == FAILED).nonzero()[0]
+        if len(bad):
+            paths = [str(self.plain.paths[i]) for i in bad]
+            if self.state.pseudo_labels is not None:  # readable before: changed during the run
+                raise DatasetError(f"{paths[0]}: became unreadable during training; restore it")
+            report_unreadable(paths, len(index), self.cfg.data.strict, f"{self.ref.name}/train")
+            self._leave_out({self.plain.samples[i].rel for i in bad})
+            atomic_write_text(self.out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
+            note(f"{len(bad)} unreadable training images are left out: {self.out / 'skipped.txt'}")
+            feat = feat[index != FAILED]
         if self.cfg.model.head_init == "pca" and self.state.centroids is None:
             self.model.head.init_pca(feat)  # first clustering of a fresh run
         if kind == "backbone-raw":
@@ -294,9 +326,14 @@ class Trainer:
                 out["rot_loss"] = rot.item()
                 out["rot_acc"] = float((logits.argmax(1) == target).float().mean())
         if not torch.isfinite(loss):
+            kept = (
+                f"the last good checkpoint is kept: {self.out / 'last.pt'}"
+                if (self.out / "last.pt").is_file()
+                else "no checkpoint had been written yet"
+            )
             raise TrainingError(
-                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step {self.state.step}; "
-                f"stopped, the last good checkpoint is kept in {self.out} (try a lower learning rate)"
+                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step "
+                f"{self.state.step}; stopped, {kept} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from udml_cli import __version__
 from udml_cli.cli import cluster, config_cmd, dataset, embed, evaluate, train
-from udml_cli.cli.common import console
-from udml_cli.errors import UdmlError
+from udml_cli.cli.common import say, set_data_stream
+from udml_cli.errors import UdmlError, describe_os_error
+
+INTERNAL = 70  # EX_SOFTWARE: a bug in udml, not the user's mistake
 
 
 class _App(typer.Typer):
-    """Renders every ``UdmlError`` as one line on stderr with its exit code, never a traceback."""
+    """The one error boundary: every failure becomes one ``error:`` line on stderr with an exit
+    code, never a traceback (``UDML_DEBUG=1`` shows the traceback of unexpected ones)."""
 
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
         except UdmlError as e:
-            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            say("error:", "bold red", _message(e))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
+            say("interrupted", "yellow", "")
             sys.exit(130)
+        except OSError as e:  # disk full, permissions, a directory where a file goes …
+            say("error:", "bold red", describe_os_error(e))
+            sys.exit(1)
+        except MemoryError:
+            say("error:", "bold red", "out of memory: use a smaller eval.batch_size or image size")
+            sys.exit(1)
+        except Exception as e:
+            if os.environ.get("UDML_DEBUG"):
+                raise
+            say(
+                "error:",
+                "bold red",
+                f"internal error ({type(e).__name__}: {str(e)[:200]}); this is a bug in udml: "
+                "please report it with the command (UDML_DEBUG=1 shows the traceback)",
+            )
+            sys.exit(INTERNAL)
 
 
 app = _App(
@@ -40,6 +60,17 @@ app.command("train")(train.train)
 app.command("cluster")(cluster.cluster)
 app.command("eval")(evaluate.evaluate)
 app.command("embed")(embed.embed)
+
+
+def _message(e: Exception) -> str:
+    """The user's line: a DataLoader worker re-raises with its traceback inside the message;
+    keep the worker's own last line, without the class name."""
+    text = str(e)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1]
+        head, _, rest = text.partition(": ")
+        text = rest if rest and "." in head and " " not in head else text
+    return text
 
 
 def _version(value: bool) -> None:
@@ -61,4 +92,29 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv, prog_name="udml")
+    """Run udml with stdout reserved for data: everything else anyone prints goes to stderr."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or any(a in ("--help", "-h", "--version") for a in args):
+        app(args=args, prog_name="udml")  # help and version are the output: stdout
+        return
+    real_stdout = sys.stdout
+    fd_swapped = None
+    if real_stdout is sys.__stdout__ and real_stdout is not None:
+        # the real program: move file descriptor 1 too, so C libraries cannot write to it
+        sys.stdout.flush()
+        fd_swapped = os.dup(1)
+        os.dup2(2, 1)
+        data = os.fdopen(fd_swapped, "w", buffering=1, closefd=False)
+    else:  # embedded (tests capture sys.stdout): swap the Python stream only
+        data = real_stdout
+    set_data_stream(data)
+    sys.stdout = sys.stderr
+    try:
+        app(args=args, prog_name="udml")
+    finally:
+        sys.stdout = real_stdout
+        set_data_stream(None)
+        if fd_swapped is not None:
+            data.flush()
+            os.dup2(fd_swapped, 1)
+            os.close(fd_swapped)

@@ -16,6 +16,7 @@ from udml_cli.cli.common import (
     ImageSizeOpt,
     JsonOpt,
     SetOpt,
+    StrictOpt,
     WeightsOpt,
     console,
     emit_json,
@@ -45,6 +46,7 @@ def cluster(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_root: DataRootOpt = None,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Cluster a split with the model's embedding: sizes, objective, NMI/ARI/purity vs true labels.
@@ -58,10 +60,11 @@ def cluster(
     from udml_cli.data.layout import read_split
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
-    from udml_cli.fileio import atomic_write_text
+    from udml_cli.fileio import atomic_write_text, ensure_writable
     from udml_cli.inference import embed_split, model_and_dataset, model_flags
 
     dotted = {"data.data_root": data_root, "cluster.num_clusters": k}
+    dotted["data.strict"] = True if strict else None
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size, **dotted))
     model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     samples = read_split(ref, split)
@@ -70,15 +73,20 @@ def cluster(
         raise UsageError(
             f"--k {c.num_clusters} exceeds the {len(samples)} images of {ref.name}/{split}"
         )
+    if write_labels is not None:
+        ensure_writable(write_labels, "--write-labels")
     engine = resolve_engine(cfg.engine)
+    kept: list = []
     with progress() as bar:
-        x, truth = embed_split(model, cfg, ref, split, engine, bar)
+        x, truth = embed_split(model, cfg, ref, split, engine, bar, kept=kept)
+    if c.num_clusters > len(x):
+        raise UsageError(f"--k {c.num_clusters} exceeds the {len(x)} readable images")
     result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init, n_init=c.n_init)
     diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
     diag.update(dataset=ref.name, split=split, images=len(x))
     _render(diag)
     if write_labels is not None:
-        lines = [f"{s.rel} {lab}\n" for s, lab in zip(samples, result.labels.tolist(), strict=True)]
+        lines = [f"{s.rel} {lab}\n" for s, lab in zip(kept, result.labels.tolist(), strict=True)]
         atomic_write_text(write_labels, "".join(lines))
         console.print(f"wrote {len(lines)} pseudo-labels to {write_labels}")
     if as_json:

@@ -17,10 +17,42 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from udml_cli.errors import UsageError
 
-console = Console(stderr=True, highlight=False)
+# markup off: user-supplied text (paths, keys, names with "[...]") is printed as it is; our own
+# styling goes through ``styled`` below
+console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+# stdout is for data only. ``main`` points sys.stdout (and, outside tests, file descriptor 1) at
+# stderr for the whole run, so nothing a library prints can reach the data; data goes here.
+_data_stream: Any = None
+
+
+def data_stream():
+    """The stream that carries data (JSON, .npy): the real stdout."""
+    return _data_stream if _data_stream is not None else sys.stdout
+
+
+def set_data_stream(stream) -> None:
+    global _data_stream
+    _data_stream = stream
+
+
+def one_line(text: str) -> str:
+    """A message as one line: control characters of user-supplied text shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """``styled(("error:", "bold red"), " ", message)``: styles without markup parsing."""
+    return Text.assemble(*parts)
+
+
+def say(label: str, style: str, message: str) -> None:
+    """``label: message`` on stderr, on one line, the label styled."""
+    console.print(styled((label, style), " ", one_line(message)), soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML run config (see templates/).")
@@ -53,6 +85,12 @@ ImageSizeOpt = Annotated[
     int | None, typer.Option(min=8, help="Crop size (resize keeps the paper's 256/227 ratio).")
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Stop on an unreadable image instead of skipping and listing it."
+    ),
+]
 
 
 def interactive() -> bool:
@@ -65,8 +103,9 @@ def confirm(question: str, yes: bool, refuse: str) -> None:
     if yes:
         return
     if interactive():
-        if typer.confirm(question, default=False, err=True):
+        if typer.confirm(one_line(question), default=False, err=True):
             return
+        console.print("nothing was changed")
         raise typer.Exit(1)
     raise UsageError(f"{refuse} (no terminal to ask: pass --yes)")
 
@@ -81,14 +120,15 @@ def ask(value: Any, prompt: str, option: str) -> Any:
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    out = data_stream()
+    out.write(json.dumps(obj, indent=2, default=str) + "\n")
+    out.flush()
 
 
 def progress() -> Progress:
     """A rich progress bar on stderr (rich shows it live only when stderr is a terminal)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from udml_cli.cli.common import ConfigOpt, SetOpt
+from udml_cli.cli.common import ConfigOpt, SetOpt, data_stream
 
 app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
 
@@ -17,4 +15,5 @@ def show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     from udml_cli.config import load_config
 
     cfg = load_config(config, set_)
-    sys.stdout.write(cfg.to_toml())
+    data_stream().write(cfg.to_toml())
+    data_stream().flush()

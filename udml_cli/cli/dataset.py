@@ -17,6 +17,8 @@ from udml_cli.cli.common import (
     console,
     emit_json,
     progress,
+    say,
+    styled,
 )
 from udml_cli.data import registry
 from udml_cli.data.prepare import KINDS
@@ -49,7 +51,7 @@ def add(
             f"dataset '{name}' is already registered ({entries[name]['path']}); use --force",
         )
     ref = registry.add_dataset(name, path, layout, force=True)  # replacement confirmed above
-    console.print(f"registered [bold]{ref.name}[/] → {ref.root} ({ref.layout} layout)")
+    console.print(f"registered {ref.name} → {ref.root} ({ref.layout} layout)", soft_wrap=True)
 
 
 @app.command("list")
@@ -72,7 +74,7 @@ def list_(as_json: JsonOpt = False) -> None:
     for name, entry in sorted(entries.items()):
         table.add_row(name, entry.get("layout", "?"), entry["path"])
     for name, folder in registry.BUILTIN.items():
-        table.add_row(f"[dim]{name}[/]", "[dim]built-in[/]", f"[dim]<data root>/{folder}[/]")
+        table.add_row(name, "built-in", f"<data root>/{folder}", style="dim")
     console.print(table)
 
 
@@ -80,7 +82,7 @@ def list_(as_json: JsonOpt = False) -> None:
 def remove(name: Annotated[str, typer.Argument(help="Registered name.")]) -> None:
     """Forget a registration (the images stay where they are)."""
     entry = registry.remove_dataset(name)
-    console.print(f"removed [bold]{name}[/] (files left in {entry['path']})")
+    console.print(f"removed {name} (files left in {entry['path']})", soft_wrap=True)
 
 
 @app.command("check")
@@ -122,9 +124,9 @@ def _render_check(report: dict) -> None:
     console.print(table)
     for p in report["problems"]:
         colour = "red" if p["severity"] == "error" else "yellow"
-        console.print(f"[{colour}]{p['severity']}:[/] {p['text']}", soft_wrap=True)
-    verdict = "[green]ok[/]" if report["ok"] else "[red]problems found[/]"
-    console.print(f"{verdict}: {report['errors']} errors, {report['warnings']} warnings")
+        say(f"{p['severity']}:", colour, p["text"])
+    verdict = ("ok", "green") if report["ok"] else ("problems found", "red")
+    console.print(styled(verdict, f": {report['errors']} errors, {report['warnings']} warnings"))
 
 
 @app.command("prepare")
@@ -169,6 +171,9 @@ def prepare(
     if not registry.valid_name(reg_name):
         raise UsageError(f"cannot register as '{reg_name}': pass --name with another name")
     if out.exists():
+        from udml_cli.data.prepare.common import refuse_foreign
+
+        refuse_foreign(out.expanduser().resolve())  # before asking: the answer could not matter
         confirm(f"{out} exists. Replace it?", yes, f"output folder {out} already exists")
     entries = registry.load_registry()
     if reg_name in entries and Path(entries[reg_name]["path"]) != out.expanduser().resolve():
@@ -181,4 +186,4 @@ def prepare(
     with progress() as bar:
         root = run_prepare(kind, source, out, replace=True, link=not copy, progress=bar, **options)
     ref = registry.add_dataset(reg_name, root, "txt", force=True)
-    console.print(f"prepared [bold]{kind}[/] in {root}; registered as [bold]{ref.name}[/]")
+    console.print(f"prepared {kind} in {root}; registered as {ref.name}", soft_wrap=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,9 @@ from udml_cli.cli.common import (
     SetOpt,
     WeightsOpt,
     console,
+    data_stream,
     progress,
+    say,
 )
 
 
@@ -58,10 +59,10 @@ def embed(
     from udml_cli.data.transforms import eval_transform
     from udml_cli.engine import extract, resolve_engine
     from udml_cli.errors import DatasetError, UsageError
-    from udml_cli.fileio import atomic_write_bytes, atomic_write_text
+    from udml_cli.fileio import atomic_write_bytes, atomic_write_text, ensure_writable
     from udml_cli.inference import load_model, model_flags
 
-    if out is None and sys.stdout.isatty():
+    if out is None and data_stream().isatty():
         raise UsageError(
             "refusing to write binary .npy to a terminal: redirect (> v.npy) or use --out"
         )
@@ -71,6 +72,9 @@ def embed(
     if not files:
         hint = "" if recursive else " (add --recursive for subfolders)"
         raise DatasetError(f"no images in {folder}{hint}")
+    for target, what in ((out, "--out"), (paths, "--paths")):
+        if target is not None:
+            ensure_writable(target, what)
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
     engine = resolve_engine(cfg.engine)
@@ -80,7 +84,7 @@ def embed(
         x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, "embedding", bar)
     bad = [files[i] for i in sorted(set(range(len(files))) - set(index.tolist()))]
     for path in bad:
-        console.print(f"[yellow]warning:[/] skipped unreadable image {path}")
+        say("warning:", "yellow", f"skipped unreadable image {path}")
     if bad and strict:
         raise DatasetError(f"{len(bad)} unreadable images (first: {bad[0]}); nothing written")
     keep = index >= 0
@@ -96,8 +100,10 @@ def embed(
     if out is not None:
         atomic_write_bytes(out, buf.getvalue())
     else:
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.flush()
+        sink = data_stream()
+        sink.flush()
+        sink.buffer.write(buf.getvalue())
+        sink.flush()
     console.print(
         f"embedded {len(x)} images → ({x.shape[0]}, {x.shape[1]}) float32"
         + (f"; skipped {len(bad)} unreadable" if bad else "")

@@ -16,6 +16,7 @@ from udml_cli.cli.common import (
     ImageSizeOpt,
     JsonOpt,
     SetOpt,
+    StrictOpt,
     WeightsOpt,
     console,
     emit_json,
@@ -42,6 +43,7 @@ def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_root: DataRootOpt = None,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint, or a pretrained backbone (the starting point to beat).
@@ -56,7 +58,8 @@ def evaluate(
     from udml_cli.inference import evaluate as run_eval
     from udml_cli.inference import model_and_dataset, model_flags
 
-    flags = model_flags(backbone, weights, device, image_size, **{"data.data_root": data_root})
+    dotted = {"data.data_root": data_root, "data.strict": True if strict else None}
+    flags = model_flags(backbone, weights, device, image_size, **dotted)
     cfg = load_config(config, set_, flags)
     if checkpoint is not None and checkpoint.is_dir():
         _evaluate_run(checkpoint, cfg, dataset, data_root, split, as_json)

@@ -14,11 +14,13 @@ from udml_cli.cli.common import (
     DeviceOpt,
     ImageSizeOpt,
     SetOpt,
+    StrictOpt,
     WeightsOpt,
     YesOpt,
     confirm,
     console,
     progress,
+    say,
 )
 from udml_cli.cli.evaluate import render_metrics
 
@@ -41,6 +43,7 @@ def train(
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
     data_root: DataRootOpt = None,
+    strict: StrictOpt = False,
     yes: YesOpt = False,
 ) -> None:
     """Train an embedding without labels: k-means pseudo-labels + Weight loss + rotation loss.
@@ -54,49 +57,76 @@ def train(
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
+    from udml_cli.fileio import ensure_writable_dir
     from udml_cli.inference import evaluate, model_flags
+    from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
 
-    checkpoint = out / "last.pt" if (resume and out is not None) else None
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_FOLDER (the folder holding last.pt)")
-    if checkpoint is not None:
-        if not checkpoint.is_file():
-            raise UsageError(f"nothing to resume: {checkpoint} does not exist")
-        if config is None and (out / "config.toml").is_file():
-            config = out / "config.toml"
     dotted = {"data.dataset": dataset, "data.data_root": data_root, "train.epochs": epochs}
+    dotted["data.strict"] = True if strict else None
     flags = model_flags(backbone, weights, device, image_size, **dotted)
-    cfg = load_config(config, set_, flags)
-    if cfg.data.dataset is None:
-        raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
-    ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
-    out = out or Path("runs") / ref.name
-    if not resume and (out / "last.pt").exists():
-        confirm(
-            f"{out} holds a run. Start over and replace it?",
-            yes,
-            f"{out} already holds a run; use --resume to continue it or --yes to start over",
-        )
-    engine = resolve_engine(cfg.engine)
+    if resume:
+        assert out is not None
+        if not out.is_dir():
+            raise UsageError(f"nothing to resume: {out} is not a run folder")
+    else:
+        cfg = load_config(config, set_, flags)
+        if cfg.data.dataset is None:
+            raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
+        out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
+    ensure_writable_dir(out, "--out")
+    with RunLock(out):
+        checkpoint = None
+        if resume:
+            checkpoint = resume_checkpoint(out, yes, _confirmed)
+            from udml_cli.models.checkpoint import load_checkpoint
 
-    from udml_cli.training import Trainer
-
-    trainer = Trainer(cfg, ref, out, engine)
-
-    def run_eval(model):
-        return evaluate(model, cfg, ref, cfg.eval.split, engine, None)
-
-    with progress() as bar:
-        trainer.progress = bar
-        try:
-            last = trainer.run(checkpoint, run_eval)
-        except KeyboardInterrupt:
-            console.print(
-                f"[yellow]interrupted:[/] saved {out / 'last.pt'}; continue with --resume"
+            # the run's own config (inside the checkpoint) is the base; flags and --set on top
+            saved = load_checkpoint(checkpoint, training=True)["config"]
+            cfg = load_config(config, set_, flags, base=saved)
+        ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
+        replaced = None
+        if not resume and holds_run(out):
+            confirm(
+                f"{out} holds a run. Start over and replace it?",
+                yes,
+                f"{out} already holds a run; use --resume to continue it or --yes to start over",
             )
+        engine = resolve_engine(cfg.engine)
+
+        from udml_cli.training import Trainer
+
+        trainer = Trainer(cfg, ref, out, engine)  # checks the settings against the data
+        if not resume and holds_run(out):
+            replaced = ReplacedRun(out)  # the old run moves aside; the new one starts empty
+
+        def run_eval(model):
+            return evaluate(model, cfg, ref, cfg.eval.split, engine, None)
+
+        try:
+            with progress() as bar:
+                trainer.progress = bar
+                last = trainer.run(checkpoint, run_eval)
+        except KeyboardInterrupt:
+            if (out / "last.pt").is_file():
+                say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
+            else:
+                say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
             raise typer.Exit(130) from None
+        finally:
+            if replaced is not None:
+                if (out / "last.pt").is_file():
+                    replaced.commit()
+                else:  # the new run left nothing worth keeping: the old one comes back
+                    replaced.rollback()
     console.print(f"done: {last} (metrics in {out / 'metrics.jsonl'})")
     if cfg.train.eval_step:
         result = evaluate(trainer.model, cfg, ref, cfg.eval.split, engine, None)
         result["model"] = str(last)
         render_metrics(result)
+
+
+def _confirmed(question: str, yes: bool, refuse: str) -> bool:
+    confirm(question, yes, refuse)
+    return True

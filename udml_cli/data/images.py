@@ -1,7 +1,14 @@
-"""Image datasets for torch: split samples with labels, and plain folders for ``udml embed``."""
+"""Image datasets for torch: split samples with labels, and plain folders for ``udml embed``.
+
+Every image udml reads is decoded by ``load_rgb``: the one place where a corrupt, truncated or
+foreign file, or a decompression bomb, becomes an ``ImageError`` naming the file. Datasets used
+for extraction return the sample's index, -1 for an image that failed, so every caller can skip
+and list the failures (or stop under ``data.strict``).
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +16,27 @@ import torch
 from PIL import Image
 
 from udml_cli.data.layout import Sample, is_image
+from udml_cli.errors import DatasetError
+
+FAILED = -1  # the index an extraction dataset returns for an image that could not be decoded
+
+
+class ImageError(DatasetError):
+    """An image file that cannot be decoded."""
 
 
 def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 M pixels and refuses above 179 M: both are skipped here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert("RGB")
+    except Exception as e:  # Pillow raises many kinds for broken, truncated or foreign files
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            reason = "too many pixels (decompression bomb guard)"
+        raise ImageError(f"{path}: cannot decode image ({reason})") from None
 
 
 def _shrink(im: Image.Image, shorter: int) -> Image.Image:
@@ -25,32 +48,48 @@ def _shrink(im: Image.Image, shorter: int) -> Image.Image:
     return im.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
 
 
+def _cached(path: Path, size: int) -> np.ndarray | None:
+    try:
+        return np.asarray(_shrink(load_rgb(path), size))
+    except ImageError:
+        return None
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """``(image tensor, label)`` for each sample; labels can be swapped for pseudo-labels.
+    """``(image tensor, index)`` for each sample, ``(zeros, FAILED)`` for one that cannot be
+    decoded; ``labels`` (true or pseudo) are looked up by the caller.
 
     With ``cache_size`` set, images are decoded once, shrunk to that shorter side and kept in
     memory as uint8 arrays (shared with DataLoader workers by fork).
     """
 
-    def __init__(self, samples: list[Sample], transform, cache_size: int | None = None) -> None:
+    def __init__(
+        self, samples: list[Sample], transform, cache_size: int | None = None, size: int = 8
+    ) -> None:
         self.samples = samples
         self.paths = [s.path for s in samples]
         self.labels = np.array([s.label for s in samples], dtype=np.int64)
         self.transform = transform
-        self.cache: list[np.ndarray] | None = None
+        self.size = size
+        self.cache: list[np.ndarray | None] | None = None
         if cache_size:
-            self.cache = [np.asarray(_shrink(load_rgb(p), cache_size)) for p in self.paths]
+            self.cache = [_cached(p, cache_size) for p in self.paths]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, i: int) -> Image.Image:
         if self.cache is not None:
+            if self.cache[i] is None:
+                raise ImageError(f"{self.paths[i]}: cannot decode image")
             return Image.fromarray(self.cache[i])
         return load_rgb(self.paths[i])
 
     def __getitem__(self, i: int):
-        return self.transform(self.image(i)), int(self.labels[i])
+        try:
+            return self.transform(self.image(i)), i
+        except ImageError:
+            return torch.zeros(3, self.size, self.size), FAILED
 
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
@@ -72,5 +111,21 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return self.transform(load_rgb(self.files[i])), i
-        except Exception:  # Pillow raises many kinds for broken or non-image files
-            return torch.zeros(3, self.size, self.size), -1
+        except ImageError:
+            return torch.zeros(3, self.size, self.size), FAILED
+
+
+def report_unreadable(paths: list, total: int, strict: bool, where: str) -> None:
+    """Stop (``strict``) or warn once about images that could not be decoded."""
+    from udml_cli.errors import warn
+
+    if not paths:
+        return
+    if len(paths) == total:
+        raise DatasetError(f"none of the {total} images of {where} could be read (first: {paths[0]})")
+    if strict:
+        raise DatasetError(
+            f"{len(paths)} unreadable images in {where} (first: {paths[0]}); "
+            "without --strict they are skipped"
+        )
+    warn(f"skipped {len(paths)} unreadable images of {where} (first: {paths[0]})")

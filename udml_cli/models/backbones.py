@@ -226,13 +226,18 @@ def names(include_hidden: bool = False) -> list[str]:
 def _read_state(path: Path) -> dict:
     """A state dict from ``path`` without running code: tensors, or numpy arrays as the original
     UDML-SS code stored its converted Caffe weights (only numpy's array globals are allowed)."""
+    import warnings
+
     import numpy as np
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        from numpy._core.multiarray import _reconstruct
-
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's warnings about foreign pickles name weights_only
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            pass
+        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
+        _reconstruct = core.multiarray._reconstruct
         # files pickled by numpy 1.x name numpy.core.multiarray, numpy 2.x numpy._core.multiarray
         allowed = [np.ndarray, np.dtype, _reconstruct]
         allowed += [(_reconstruct, "numpy.core.multiarray._reconstruct")]

@@ -16,7 +16,7 @@ import torch
 
 from udml_cli import __version__
 from udml_cli.config import Config, config_from_dict
-from udml_cli.errors import CheckpointError
+from udml_cli.errors import CheckpointError, ConfigError
 from udml_cli.fileio import atomic_write_bytes
 
 FORMAT = "udml-checkpoint"
@@ -51,7 +51,24 @@ def save_checkpoint(path: str | os.PathLike, model, cfg: Config, dataset: str, *
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+# what every checkpoint holds, and what a training (resumable) one holds besides
+_REQUIRED = {"config": dict, "model": dict}
+_TRAINING = {
+    "epoch": int, "iteration": int, "step": int, "optimizer": dict,
+    "pseudo_labels": torch.Tensor, "centroids": torch.Tensor,
+}  # fmt: skip
+
+
+def _check_fields(payload: dict, fields: dict, path: Path, what: str) -> None:
+    for key, kind in fields.items():
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            raise CheckpointError(
+                f"{path}: damaged or incomplete udml checkpoint (no valid '{key}'){what}"
+            )
+
+
+def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
+    """Read and check a udml checkpoint; ``training`` also requires the state to resume from."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -60,23 +77,32 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many kinds for foreign or damaged files
-        text = str(e).strip()
-        reason = text.split("WeightsUnpickler error:", 1)[-1].strip()
-        first = reason.splitlines()[0][:160] if reason else type(e).__name__
+        text = str(e)
         if "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects other than tensors "
                 "(it could run code); only udml checkpoints are loaded"
             ) from None
-        if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)):
-            raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({first})") from None
-        raise CheckpointError(f"{path}: not a checkpoint ({first})") from None
+        if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile, OSError)):
+            raise CheckpointError(
+                f"{path}: unreadable or truncated checkpoint (the file is damaged or incomplete)"
+            ) from None
+        # never torch's own text: it suggests weights_only=False, i.e. turning the safety off
+        raise CheckpointError(f"{path}: not a checkpoint (not a file torch.save wrote)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a udml checkpoint (no '{FORMAT}' header)")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: damaged udml checkpoint (format_version)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer udml (format {payload['format_version']}); upgrade udml"
         )
+    _check_fields(payload, _REQUIRED, path, "")
+    if training:
+        _check_fields(payload, _TRAINING, path, "; it cannot be resumed from")
+        if payload["pseudo_labels"].dim() != 1 or payload["centroids"].dim() != 2:
+            raise CheckpointError(f"{path}: damaged udml checkpoint (cluster state)")
     return payload
 
 
@@ -84,11 +110,14 @@ def model_from_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint")
     """Rebuild the network of a checkpoint (no weights download: they are in the file)."""
     from udml_cli.models.net import build_model
 
-    cfg = config_from_dict(payload["config"])
+    try:
+        cfg = config_from_dict(payload["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config is not valid ({e})") from None
     model = build_model(cfg.model, head=True, weights="none", quiet=True)
     try:
         model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160]
         raise CheckpointError(
             f"{path}: weights do not fit {cfg.model.backbone} ({first})"

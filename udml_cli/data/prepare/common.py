@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from udml_cli.errors import DatasetError, UsageError
+from udml_cli.fileio import umask
 
 # kind -> (module, default source or None, one-line description)
 KINDS: dict[str, tuple[str, str | None, str]] = {
@@ -24,6 +25,19 @@ KINDS: dict[str, tuple[str, str | None, str]] = {
     "emoji": ("emoji", None, "one emoji drawn by Twemoji, OpenMoji and Noto = one class"),
     "folder": ("folder", None, "any <class>/<images> tree: class-disjoint halves"),
 }
+
+
+MARKER = ".udml-dataset"  # written into every prepared folder: what --yes may replace
+
+
+def written_by_udml(folder: Path) -> bool:
+    """A folder ``udml dataset prepare`` made (the marker; before it existed, the full layout
+    with the SOURCE.txt that only prepare writes)."""
+    if not folder.is_dir():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    return all((folder / n).is_file() for n in ("SOURCE.txt", "train.txt", "test.txt"))
 
 
 class LayoutWriter:
@@ -67,6 +81,7 @@ class LayoutWriter:
             (self.root / f"{split}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         if notes:
             (self.root / "SOURCE.txt").write_text(notes)
+        (self.root / MARKER).write_text("written by udml dataset prepare; --yes may replace it\n")
 
 
 def prepare(
@@ -91,8 +106,10 @@ def prepare(
     out = out.expanduser().resolve()
     if out.exists() and not replace:
         raise UsageError(f"output folder {out} already exists; use --yes to replace it")
+    refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
     try:
         module = importlib.import_module(f"udml_cli.data.prepare.{module_name}")
         writer = LayoutWriter(tmp, link=link)
@@ -111,6 +128,15 @@ def prepare(
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
     return out
+
+
+def refuse_foreign(out: Path) -> None:
+    """Only a folder udml prepared may be replaced; anything else is the user's."""
+    if out.exists() and not written_by_udml(out):
+        kind = "a file" if not out.is_dir() else "a folder udml did not prepare"
+        raise UsageError(
+            f"{out} is {kind}; refusing to replace it: choose another --out or remove it yourself"
+        )
 
 
 def track(progress, items, description: str, total: int | None = None):

@@ -1,0 +1,103 @@
+"""Run folders: one writer at a time, replaced whole, resumed from an intact checkpoint.
+
+- ``RunLock``: an exclusive ``flock`` on ``.<name>.lock`` beside the run folder, holding the
+  owner's pid. The kernel drops it when the process dies (even kill -9), so a stale lock never
+  blocks; a second ``udml train`` on the same folder refuses, naming the pid.
+- ``ReplacedRun``: ``--yes`` over an existing run moves the old folder aside in one rename, so the
+  new run starts empty; the old one is deleted once the new run has a checkpoint, and put back if
+  the new run stops before writing one.
+- ``resume_checkpoint``: ``last.pt``, or, when it is damaged, the newest intact ``epoch_NNNN.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from udml_cli.errors import CheckpointError, UsageError, note
+from udml_cli.fileio import umask
+
+
+class RunLock:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(
+                f"{self.out} is in use by another udml train (pid {holder}); wait for it to "
+                "finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+class ReplacedRun:
+    """Move ``out`` aside for a fresh run; ``commit`` deletes it, ``rollback`` restores it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.aside = out.parent / f".{out.name}.replaced"
+        shutil.rmtree(self.aside, ignore_errors=True)
+        os.replace(out, self.aside)
+
+    def commit(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def rollback(self) -> None:
+        if self.aside.exists():
+            shutil.rmtree(self.out, ignore_errors=True)
+            os.replace(self.aside, self.out)
+
+
+def holds_run(out: Path) -> bool:
+    return out.is_dir() and any(out.glob("*.pt"))
+
+
+def resume_checkpoint(out: Path, yes: bool, ask) -> Path:
+    """``out/last.pt`` when it loads; else offer the newest intact ``epoch_NNNN.pt``."""
+    from udml_cli.models.checkpoint import load_checkpoint
+
+    last = out / "last.pt"
+    if not last.is_file() and not any(out.glob("epoch_*.pt")):
+        raise UsageError(f"nothing to resume: {last} does not exist")
+    try:
+        load_checkpoint(last, training=True)
+        return last
+    except CheckpointError as damaged:
+        problem = str(damaged)
+    for candidate in sorted(out.glob("epoch_*.pt"), reverse=True):
+        try:
+            load_checkpoint(candidate, training=True)
+        except CheckpointError:
+            continue
+        if not ask(
+            f"{problem}. Resume from {candidate.name}, the newest intact checkpoint?",
+            yes,
+            f"{problem}; the newest intact checkpoint is {candidate}: pass --yes to resume "
+            "from it",
+        ):
+            raise UsageError("nothing was changed")
+        note(f"resuming from {candidate} ({last.name} is damaged)")
+        return candidate
+    raise CheckpointError(f"{problem}; no intact epoch_NNNN.pt to fall back on either")
