@@ -65,3 +65,9 @@ def test_n_init_keeps_the_best_run():
     runs = [kmeans(x, 12, seed=s) for s in range(4)]
     best = kmeans(x, 12, seed=0, n_init=4)
     assert best.objective == pytest.approx(min(r.objective for r in runs))
+
+
+def test_mismatched_warm_start_is_refused_not_a_crash():
+    x = _blobs(n=200, k=4)
+    with pytest.raises(ValueError, match="do not fit"):
+        kmeans(x, 4, init_centroids=np.zeros((5, x.shape[1]), np.float32))

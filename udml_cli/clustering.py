@@ -65,6 +65,9 @@ def kmeans(
     n, d = x.shape
     if k > n:
         raise ValueError(f"cannot make {k} clusters from {n} points")
+    if init_centroids is not None and np.shape(init_centroids) != (k, d):
+        # faiss would read past the array: refuse here, never crash natively
+        raise ValueError(f"warm-start centroids {np.shape(init_centroids)} do not fit ({k}, {d})")
     if init_centroids is None:
         if init == "kmeans++":
             init_centroids = kmeans_pp_init(x, k, seed)
