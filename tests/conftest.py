@@ -13,6 +13,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the tiny backbone on the synthetic layout: a training run in seconds
+TINY = [
+    "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",
+    "--set", "cluster.num_clusters=6", "--set", "train.batch_size=8", "--set", "train.instances=2",
+    "--set", "loss.rot_batch=4", "--set", "train.log_every=1", "--set", "engine.workers=0",
+    "--set", "train.save_step=2", "--set", "train.lr=1e-3", "--set", "train.head_lr=1e-3",
+    "--set", "train.up_step=2",
+]  # fmt: skip
+
 
 @pytest.fixture(autouse=True)
 def udml_home(tmp_path, monkeypatch):

@@ -17,11 +17,12 @@ def test_defaults_are_the_official_cub_recipe():
     assert (c.train.lr, c.train.weight_decay, c.train.up_step, c.train.save_step) == (
         1e-5, 5e-4, 5, 50,
     )  # fmt: skip
-    assert (c.cluster.num_clusters, c.model.backbone, c.model.dim) == (100, "googlenet", 512)
+    # k: one per 50 images unless given (the paper templates give 100 for CUB)
+    assert (c.cluster.num_clusters, c.model.backbone, c.model.dim) == ("auto", "googlenet", 512)
     assert (c.data.image_size, c.data.resize, c.data.crop_scale_min) == (227, 256, 0.16)
 
 
-@pytest.mark.parametrize("name", ["cub", "cars", "sop", "demo", "demo-fashion-mnist"])
+@pytest.mark.parametrize("name", ["cub", "cars", "sop", "demo", "demo-fashion-mnist", "photos"])
 def test_templates_load(name):
     path = TEMPLATES / f"{name}.toml"
     cfg = load_config(path).model_dump(mode="json")

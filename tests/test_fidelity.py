@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import TINY as BASE
 
 from udml_cli.config import Config, ModelConfig
 from udml_cli.models import backbones
@@ -130,6 +131,17 @@ def test_bvlc_imagenet_without_a_file_is_one_clear_error(cli, layout):
     assert r.code == 2 and "--weights PATH" in r.err and "Traceback" not in r.err
 
 
+def _tiny_config(**sections) -> Config:
+    tree = {
+        "model": {"backbone": "tiny-test", "weights": "none", "dim": 16},
+        "data": {"image_size": 16, "resize": 18},
+        "cluster": {"num_clusters": 6},
+        "train": {"batch_size": 8, "instances": 2, "epochs": 1},
+        "loss": {"rot_batch": 4},
+    }
+    return Config.model_validate(tree | sections)
+
+
 # ---- 2. losses in fp32 under autocast -------------------------------------------------------
 def _batch(seed=0, n=40, d=64, classes=8):
     g = torch.Generator().manual_seed(seed)
@@ -173,14 +185,7 @@ def test_cuda_train_step_losses_are_fp32(layout, tmp_path):
     from udml_cli.engine import resolve_engine
     from udml_cli.training import Trainer
 
-    cfg = Config.model_validate({
-        "model": {"backbone": "tiny-test", "weights": "none", "dim": 16},
-        "data": {"image_size": 16, "resize": 18},
-        "cluster": {"num_clusters": 6},
-        "train": {"batch_size": 8, "instances": 2, "epochs": 1},
-        "loss": {"rot_batch": 4},
-        "engine": {"device": "cuda", "precision": "bf16"},
-    })  # fmt: skip
+    cfg = _tiny_config(engine={"device": "cuda", "precision": "bf16"})
     trainer = Trainer(cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine))
     seen = []
     from udml_cli import training
@@ -224,14 +229,10 @@ def test_rotation_images_are_drawn_across_the_batch(monkeypatch, layout, tmp_pat
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
 
-    cfg = Config.model_validate({
-        "model": {"backbone": "tiny-test", "weights": "none", "dim": 16},
-        "data": {"image_size": 16, "resize": 18},
-        "cluster": {"num_clusters": 6},
-        "train": {"batch_size": 24, "instances": 4, "epochs": 1},
-        "loss": {"rot_batch": 8},
-        "engine": {"device": "cpu", "workers": 0},
-    })  # fmt: skip
+    cfg = _tiny_config(
+        train={"batch_size": 24, "instances": 4, "epochs": 1}, loss={"rot_batch": 8},
+        engine={"device": "cpu", "workers": 0},
+    )  # fmt: skip
     trainer = training.Trainer(
         cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine)
     )
@@ -250,13 +251,7 @@ def test_rotation_images_are_drawn_across_the_batch(monkeypatch, layout, tmp_pat
 
 
 # ---- 4. resume honours or refuses changed settings -------------------------------------------
-TINY = [
-    "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",
-    "--set", "cluster.num_clusters=6", "--set", "train.batch_size=8", "--set", "train.instances=2",
-    "--set", "loss.rot_batch=4", "--set", "train.log_every=1", "--set", "engine.workers=0",
-    "--set", "train.save_step=1", "--set", "train.lr=1e-3", "--set", "train.head_lr=1e-3",
-    "--set", "train.up_step=2",
-]  # fmt: skip
+TINY = [*BASE, "--set", "train.save_step=1"]
 
 
 def test_resume_applies_a_new_learning_rate(cli, layout, tmp_path):

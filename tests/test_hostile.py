@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY as BASE
 from conftest import make_layout
 
-TINY = [
-    "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",
-    "--set", "cluster.num_clusters=6", "--set", "train.batch_size=8", "--set", "train.instances=2",
-    "--set", "loss.rot_batch=4", "--set", "engine.workers=0", "--set", "train.save_step=1",
-    "--set", "train.up_step=2", "--set", "train.lr=1e-3",
-]  # fmt: skip
+TINY = [*BASE, "--set", "train.save_step=1"]
 
 
 def udml(*args, patch: str = "", cwd=None, timeout=300) -> subprocess.CompletedProcess:

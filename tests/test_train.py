@@ -5,14 +5,7 @@ import pickle
 
 import pytest
 import torch
-
-TINY = [
-    "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",
-    "--set", "cluster.num_clusters=6", "--set", "train.batch_size=8", "--set", "train.instances=2",
-    "--set", "loss.rot_batch=4", "--set", "train.log_every=1", "--set", "engine.workers=0",
-    "--set", "train.save_step=2", "--set", "train.lr=1e-3", "--set", "train.head_lr=1e-3",
-    "--set", "train.up_step=2",
-]  # fmt: skip
+from conftest import TINY
 
 
 def _train(cli, layout, out, *extra):

@@ -35,6 +35,11 @@ class DataConfig(_Section):
     strict: bool = Field(
         False, description="stop on an unreadable image instead of skipping and listing it"
     )
+    eval_dataset: str | None = Field(
+        None,
+        description="labelled dataset to evaluate on during and after training (default: the "
+        "training dataset's test split, when it has one)",
+    )
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:
@@ -80,7 +85,12 @@ class LossConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    num_clusters: int = Field(100, ge=2, le=BIG, description="k of k-means = number of pseudo-classes")
+    num_clusters: Annotated[int, Field(ge=2, le=BIG)] | Literal["auto"] = Field(
+        "auto",
+        description="k of k-means = number of pseudo-classes; auto: one per 50 training images "
+        "(at least a batch's worth, at most 10,000); the paper templates give theirs",
+    )
+
     niter: int = Field(20, ge=1, le=10000, description="k-means iterations")
     init: Literal["kmeans++", "random"] = "kmeans++"
     n_init: int = Field(
@@ -251,3 +261,9 @@ def config_from_dict(tree: dict) -> Config:
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, "checkpoint config")) from None
+
+
+def auto_clusters(n_images: int, batch_clusters: int) -> int:
+    """``cluster.num_clusters = "auto"``: one cluster per 50 images (CUB's 5,864 → 117; the paper
+    used 100), never fewer than a batch needs, never more than 10,000 (SOP's)."""
+    return max(batch_clusters, 2, min(10_000, n_images // 50))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from udml_cli.clustering import diagnostics, kmeans
-from udml_cli.config import Config
+from udml_cli.config import Config, auto_clusters
 from udml_cli.data.images import FAILED, ImageDataset, report_unreadable
 from udml_cli.data.layout import read_split
 from udml_cli.data.registry import DatasetRef
@@ -85,7 +85,7 @@ def validate(cfg: Config, n_train: int) -> None:
 # to the restored optimiser. Anything else would make a different run: refused, naming the keys.
 _FREE_ON_RESUME = {
     "train.epochs", "train.save_step", "train.eval_step", "train.log_every", "data.data_root",
-    "data.cache",
+    "data.cache", "data.strict", "data.eval_dataset",
 }  # fmt: skip
 _REAPPLIED = {"train.lr", "train.head_lr", "train.rot_lr", "train.weight_decay"}
 
@@ -139,6 +139,18 @@ class Trainer:
     def __init__(self, cfg: Config, ref: DatasetRef, out: Path, engine: Engine, progress=None):
         self.cfg, self.ref, self.out, self.engine, self.progress = cfg, ref, out, engine, progress
         samples = read_split(ref, "train")
+        if cfg.cluster.num_clusters == "auto":
+            k = auto_clusters(len(samples), cfg.train.batch_size // cfg.train.instances)
+            cfg.cluster.num_clusters = k
+            note(
+                f"cluster.num_clusters = auto → {k} for {len(samples)} training images (one per "
+                "50); choose another with --set cluster.num_clusters=N"
+            )
+        if not ref.labelled:
+            note(
+                f"{ref.name} is an unlabelled collection: no NMI/ARI/purity while re-clustering "
+                "(cluster sizes and the objective are logged)"
+            )
         validate(cfg, len(samples))
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_model(cfg.model))
@@ -285,7 +297,8 @@ class Trainer:
         s.pseudo_labels, s.centroids, s.clustered_at, s.cluster_feature = (
             result.labels, result.centroids, s.epoch, kind,
         )  # fmt: skip
-        diag = diagnostics(result.labels, c.num_clusters, result.objective, self.plain.labels)
+        truth = self.plain.labels if self.ref.labelled else None
+        diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
         diag.pop("sizes")
         self.log("cluster", feature=kind, **diag)
         p = self.cfg.train.batch_size // self.cfg.train.instances

@@ -72,7 +72,8 @@ def list_(as_json: JsonOpt = False) -> None:
     table.add_column("layout")
     table.add_column("path")
     for name, entry in sorted(entries.items()):
-        table.add_row(name, entry.get("layout", "?"), entry["path"])
+        layout = entry.get("layout", "?")
+        table.add_row(name, "images (unlabelled)" if layout == "images" else layout, entry["path"])
     for name, folder in registry.BUILTIN.items():
         table.add_row(name, "built-in", f"<data root>/{folder}", style="dim")
     console.print(table)
@@ -109,18 +110,13 @@ def check(
 
 
 def _render_check(report: dict) -> None:
-    table = Table(title=f"{report['dataset']} ({report['layout']} layout, {report['root']})")
+    kind = "layout" if report["labelled"] else "collection, unlabelled"
+    table = Table(title=f"{report['dataset']} ({report['layout']} {kind}, {report['root']})")
     for col in ("split", "images", "classes", "min/class", "median/class", "max/class"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split, s in report["splits"].items():
-        table.add_row(
-            split,
-            str(s["images"]),
-            str(s["classes"]),
-            str(s["min_per_class"]),
-            str(s["median_per_class"]),
-            str(s["max_per_class"]),
-        )
+        keys = ("images", "classes", "min_per_class", "median_per_class", "max_per_class")
+        table.add_row(split, *["–" if s[k] is None else str(s[k]) for k in keys])
     console.print(table)
     for p in report["problems"]:
         colour = "red" if p["severity"] == "error" else "yellow"

@@ -27,7 +27,10 @@ from udml_cli.cli.evaluate import render_metrics
 
 def train(
     dataset: Annotated[
-        str | None, typer.Option(help="Registered name, built-in name (cub, car, sop) or folder.")
+        str | None,
+        typer.Option(
+            help="Registered name, built-in name (cub, car, sop), layout or image folder."
+        ),
     ] = None,
     config: ConfigOpt = None,
     out: Annotated[
@@ -43,6 +46,12 @@ def train(
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
     data_root: DataRootOpt = None,
+    eval_dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Labelled dataset to evaluate on (default: the training data's test split)."
+        ),
+    ] = None,
     strict: StrictOpt = False,
     yes: YesOpt = False,
 ) -> None:
@@ -51,6 +60,7 @@ def train(
     \b
     udml train --dataset cub --config templates/cub.toml --data-root ~/data
     udml train --dataset emoji --config templates/demo.toml --out runs/demo
+    udml train --dataset ~/photos --out runs/photos   # any folder of images, no labels
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
     """
     from udml_cli.config import load_config
@@ -65,6 +75,7 @@ def train(
         raise UsageError("--resume needs --out RUN_FOLDER (the folder holding last.pt)")
     dotted = {"data.dataset": dataset, "data.data_root": data_root, "train.epochs": epochs}
     dotted["data.strict"] = True if strict else None
+    dotted["data.eval_dataset"] = eval_dataset
     flags = model_flags(backbone, weights, device, image_size, **dotted)
     if resume:
         assert out is not None
@@ -101,13 +112,15 @@ def train(
         if not resume and holds_run(out):
             replaced = ReplacedRun(out)  # the old run moves aside; the new one starts empty
 
+        eval_ref = _eval_dataset(cfg, ref)
+
         def run_eval(model):
-            return evaluate(model, cfg, ref, cfg.eval.split, engine, None)
+            return evaluate(model, cfg, eval_ref, cfg.eval.split, engine, None)
 
         try:
             with progress() as bar:
                 trainer.progress = bar
-                last = trainer.run(checkpoint, run_eval)
+                last = trainer.run(checkpoint, run_eval if eval_ref else None)
         except KeyboardInterrupt:
             if (out / "last.pt").is_file():
                 say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
@@ -121,10 +134,31 @@ def train(
                 else:  # the new run left nothing worth keeping: the old one comes back
                     replaced.rollback()
     console.print(f"done: {last} (metrics in {out / 'metrics.jsonl'})")
-    if cfg.train.eval_step:
-        result = evaluate(trainer.model, cfg, ref, cfg.eval.split, engine, None)
+    if cfg.train.eval_step and eval_ref is not None:
+        result = evaluate(trainer.model, cfg, eval_ref, cfg.eval.split, engine, None)
         result["model"] = str(last)
         render_metrics(result)
+
+
+def _eval_dataset(cfg, ref):
+    """What training evaluates on: --eval-dataset, else the training data's own test split;
+    an unlabelled collection alone has nothing to score against."""
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.errors import UsageError, note
+
+    if cfg.data.eval_dataset:
+        eval_ref = resolve_dataset(cfg.data.eval_dataset, cfg.data.data_root)
+        if not eval_ref.labelled:
+            raise UsageError(
+                f"--eval-dataset {cfg.data.eval_dataset} is an unlabelled collection: evaluation "
+                "needs a labelled test split"
+            )
+        return eval_ref
+    if ref.labelled:
+        return ref
+    if cfg.train.eval_step:
+        note("no labelled data to evaluate on: train.eval_step is ignored (--eval-dataset NAME)")
+    return None
 
 
 def _confirmed(question: str, yes: bool, refuse: str) -> bool:

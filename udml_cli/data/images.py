@@ -31,6 +31,8 @@ def load_rgb(path: Path) -> Image.Image:
             # Pillow warns above 89 M pixels and refuses above 179 M: both are skipped here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if im.mode == "P" and "transparency" in im.info:
+                    im = im.convert("RGBA")  # the same colours, without Pillow's warning
                 return im.convert("RGB")
     except Exception as e:  # Pillow raises many kinds for broken, truncated or foreign files
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
@@ -115,13 +117,16 @@ class FolderDataset(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size), FAILED
 
 
-def report_unreadable(paths: list, total: int, strict: bool, where: str) -> None:
-    """Stop (``strict``) or warn once about images that could not be decoded."""
+def report_unreadable(
+    paths: list, total: int, strict: bool, where: str, none_ok: bool = False
+) -> None:
+    """Stop (``strict``) or warn once about images that could not be decoded; ``none_ok``: the
+    caller has other rows (an index update), so all of these failing is not an error."""
     from udml_cli.errors import warn
 
     if not paths:
         return
-    if len(paths) == total:
+    if len(paths) == total and not none_ok:
         raise DatasetError(f"none of the {total} images of {where} could be read (first: {paths[0]})")
     if strict:
         raise DatasetError(

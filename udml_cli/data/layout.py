@@ -1,7 +1,9 @@
-"""Reading and checking the two dataset layouts.
+"""Reading and checking the dataset layouts.
 
 ``txt``: ``train.txt`` / ``test.txt`` with ``<relative path> <integer label> [<second label>]``
 per line (the official layout). ``folder``: ``train/<class>/<image>`` and ``test/<class>/<image>``.
+``images``: any folder tree of images with no labels and no split: every image is a training
+image (label ``UNLABELLED``); what needs true labels is skipped.
 ``read_split`` returns the samples of one split or raises; ``check_dataset`` collects every problem.
 """
 
@@ -16,6 +18,7 @@ from udml_cli.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 SPLITS = ("train", "test")
+UNLABELLED = -1  # the label of every image of an ``images`` collection
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,37 @@ class SplitReport:
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted, hidden folders skipped)."""
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if is_image(p) and p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
+def has_images(root: Path) -> bool:
+    return any(is_image(p) and p.is_file() for p in root.rglob("*"))
+
+
+def _parse_images(ref: DatasetRef, split: str) -> SplitReport:
+    report = SplitReport()
+    if split != "train":
+        report.problems.append(Problem(
+            "error", f"{split}/", None,
+            "an unlabelled collection has no test split: evaluate on a labelled dataset "
+            "(--eval-dataset NAME)",
+        ))  # fmt: skip
+        return report
+    root = ref.root.resolve()
+    for img in image_files(root):
+        report.samples.append(Sample(img, UNLABELLED, img.relative_to(root).as_posix()))
+    return report
 
 
 def _inside(root: Path, rel: str) -> Path | None:
@@ -139,6 +173,8 @@ def parse_split(ref: DatasetRef, split: str) -> SplitReport:
         raise DatasetError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     if ref.layout == "txt":
         report = _parse_txt(ref, split)
+    elif ref.layout == "images":
+        report = _parse_images(ref, split)
     else:
         report = _parse_folder(ref, split, _folder_classes(ref))
     if not report.samples and not any(p.severity == "error" for p in report.problems):
@@ -166,6 +202,9 @@ def split_stats(samples: list[Sample]) -> dict:
     for s in samples:
         counts[s.label] = counts.get(s.label, 0) + 1
     sizes = sorted(counts.values())
+    if counts.keys() == {UNLABELLED}:
+        return {"images": len(samples), "classes": None, "min_per_class": None,
+                "median_per_class": None, "max_per_class": None}  # fmt: skip
     return {
         "images": len(samples),
         "classes": len(counts),
@@ -188,7 +227,8 @@ def _decode_problem(path: Path) -> str | None:
 
 def check_dataset(ref: DatasetRef, deep: bool = False, progress=None) -> dict:
     """Every problem of both splits, per-split statistics, and the overlap warning."""
-    reports = {split: parse_split(ref, split) for split in SPLITS}
+    splits = SPLITS if ref.labelled else ("train",)
+    reports = {split: parse_split(ref, split) for split in splits}
     problems = [p for r in reports.values() for p in r.problems]
     if deep:
         total = sum(len(r.samples) for r in reports.values())
@@ -201,7 +241,7 @@ def check_dataset(ref: DatasetRef, deep: bool = False, progress=None) -> dict:
                 if progress:
                     progress.advance(task)
     train_labels = {s.label for s in reports["train"].samples}
-    test_labels = {s.label for s in reports["test"].samples}
+    test_labels = {s.label for s in reports["test"].samples} if ref.labelled else set()
     overlap = train_labels & test_labels
     if overlap:
         shown = ", ".join(str(x) for x in sorted(overlap)[:5])
@@ -218,6 +258,7 @@ def check_dataset(ref: DatasetRef, deep: bool = False, progress=None) -> dict:
         "dataset": ref.name,
         "root": str(ref.root),
         "layout": ref.layout,
+        "labelled": ref.labelled,
         "splits": {split: split_stats(r.samples) for split, r in reports.items()},
         "problems": [p.__dict__ | {"text": str(p)} for p in problems],
         "errors": sum(p.severity == "error" for p in problems),

@@ -23,15 +23,20 @@ BUILTIN = {
     "product": "Products",
     "sop": "Products",
 }
-LAYOUTS = ("txt", "folder")
+LAYOUTS = ("txt", "folder", "images")  # images: any tree of unlabelled images, no split
 
 
 @dataclass(frozen=True)
 class DatasetRef:
     name: str
     root: Path
-    layout: str  # "txt" or "folder"
+    layout: str  # "txt", "folder" or "images"
     spec: str = ""  # what resolves to it again: a registered/built-in name or an absolute path
+
+    @property
+    def labelled(self) -> bool:
+        """False for a plain collection of images: no classes, no test split."""
+        return self.layout != "images"
 
 
 def udml_home() -> Path:
@@ -84,6 +89,10 @@ def detect_layout(root: Path) -> str | None:
         return "txt"
     if (root / "train").is_dir() or (root / "test").is_dir():
         return "folder"
+    from udml_cli.data.layout import has_images
+
+    if has_images(root):
+        return "images"
     return None
 
 
@@ -101,8 +110,7 @@ def add_dataset(name: str, path: Path, layout: str | None, force: bool = False) 
     if layout is None:
         if found is None:
             raise DatasetError(
-                f"{root}: no train.txt/test.txt and no train/ or test/ folder; "
-                "see `udml dataset prepare --help` to convert a download"
+                f"{root}: no images in this folder tree (and no train.txt/test.txt layout)"
             )
         layout = found
     elif layout not in LAYOUTS:
@@ -166,8 +174,7 @@ def resolve_dataset(spec: str, root: str | None = None) -> DatasetRef:
         layout = detect_layout(path)
         if layout is None:
             raise DatasetError(
-                f"{path}: no train.txt/test.txt and no train/ or test/ folder "
-                "(see `udml dataset prepare --help`)"
+                f"{path}: no images in this folder tree (and no train.txt/test.txt layout)"
             )
         root = path.resolve()
         return DatasetRef(root.name, root, layout, str(root))

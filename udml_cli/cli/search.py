@@ -1,0 +1,216 @@
+"""``udml index | search | duplicates``: make a folder of images searchable and find near-copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from udml_cli.cli.common import (
+    BackboneOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    StrictOpt,
+    WeightsOpt,
+    console,
+    emit_json,
+    progress,
+)
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder made by udml index.")]
+
+
+def _embed_files(
+    model, cfg, engine, paths: list[Path], strict: bool, where: str, bar, none_ok: bool = False
+):
+    """Embeddings of ``paths`` (rows in order) and the positions that could be read."""
+    from udml_cli.data.images import FAILED, FolderDataset, report_unreadable
+    from udml_cli.data.transforms import eval_transform
+    from udml_cli.engine import extract
+
+    model = engine.prepare_model(model).eval()
+    dataset = FolderDataset(paths, eval_transform(cfg.data), cfg.data.image_size)
+    x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", bar)
+    ok = index != FAILED
+    bad = [str(paths[i]) for i in (~ok).nonzero()[0]]
+    report_unreadable(bad, len(paths), strict, where, none_ok)
+    return x[ok], ok
+
+
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write or update.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint written by udml train.")
+    ] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Embed every image under FOLDER into a searchable index (re-run: only new/changed files).
+
+    \b
+    udml index ~/photos --checkpoint runs/photos/last.pt --out idx/photos
+    udml index ~/photos --backbone efficientnet_lite0 --weights imagenet --out idx/start
+    """
+    import numpy as np
+
+    from udml_cli.config import load_config
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import DatasetError, note
+    from udml_cli.fileio import ensure_writable_dir
+    from udml_cli.index import Index, model_identity, plan_update
+    from udml_cli.inference import load_model, model_flags
+
+    if not folder.is_dir():
+        raise DatasetError(f"not a folder: {folder}")
+    ensure_writable_dir(out, "--out")
+    folder = folder.resolve()
+    cfg = load_config(None, None, model_flags(backbone, weights, device, image_size))
+    model, cfg, _ = load_model(cfg, checkpoint, backbone)
+    ident = model_identity(checkpoint, cfg)
+    old = Index.load(out) if (out / "index.json").is_file() else None
+    if old is not None and old.model != ident:
+        note(f"{out} was built with another model: every image is embedded again")
+    files, reuse, todo = plan_update(old, folder, ident)
+    engine = resolve_engine(cfg.engine)
+    dim = old.vectors.shape[1] if reuse else model.dim
+    vectors = np.zeros((len(files), dim), np.float32)
+    for pos, row in reuse.items():
+        vectors[pos] = old.vectors[row]
+    keep = np.ones(len(files), bool)
+    if todo:
+        with progress() as bar:
+            x, ok = _embed_files(
+                model, cfg, engine, [files[p][3] for p in todo], strict, folder.name, bar,
+                none_ok=bool(reuse),
+            )
+        todo_arr = np.array(todo)
+        vectors[todo_arr[ok]] = x
+        keep[todo_arr[~ok]] = False
+    rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
+    Index(folder, ident, vectors[keep], rows).save(out)
+    console.print(
+        f"indexed {len(rows)} images of {folder} in {out}: {len(todo) - int((~keep).sum())} "
+        f"embedded, {len(reuse)} unchanged kept"
+    )
+
+
+def _query_model(idx, device):
+    from udml_cli.config import load_config
+    from udml_cli.errors import UsageError
+    from udml_cli.index import file_sha256
+    from udml_cli.inference import load_model, model_flags
+
+    m = idx.model
+    flags = model_flags(m.get("backbone"), m.get("weights"), device, None)
+    flags |= {"data.image_size": m["image_size"], "data.resize": m["resize"]}
+    cfg = load_config(None, None, flags)
+    if "checkpoint" in m:
+        ckpt = Path(m["checkpoint"])
+        if not ckpt.is_file() or file_sha256(ckpt) != m["sha256"]:
+            raise UsageError(
+                f"the index was built with {ckpt}, which is gone or changed since; "
+                "re-run udml index with the checkpoint you want"
+            )
+        return load_model(cfg, ckpt, None)[:2]
+    return load_model(cfg, None, m["backbone"])[:2]
+
+
+def search(
+    queries: Annotated[list[Path], typer.Argument(help="Image files or folders to look up.")],
+    index_dir: IndexOpt,
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per query.")] = 10,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The K most similar indexed images for each query image (cosine similarity).
+
+    \b
+    udml search holiday.jpg --index idx/photos --k 5
+    udml search queries/ --index idx/photos --json > hits.json
+    """
+    from udml_cli.data.layout import image_files, is_image
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import DatasetError
+    from udml_cli.index import Index
+
+    idx = Index.load(index_dir)
+    paths: list[Path] = []
+    for q in queries:
+        if q.is_dir():
+            paths += image_files(q)
+        elif q.is_file() and is_image(q):
+            paths.append(q)
+        else:
+            raise DatasetError(f"query {q}: not an image file or a folder")
+    if not paths:
+        raise DatasetError("no query images found")
+    model, cfg = _query_model(idx, device)
+    engine = resolve_engine(cfg.engine)
+    with progress() as bar:
+        x, ok = _embed_files(model, cfg, engine, paths, False, "queries", bar)
+    sims, rows = idx.search(x, k)
+    found = [p for p, good in zip(paths, ok.tolist(), strict=True) if good]
+    results = [
+        {"query": str(q), "neighbours": [
+            {"path": idx.paths[r], "similarity": round(float(s), 6)}
+            for s, r in zip(sims[i], rows[i], strict=True) if r >= 0
+        ]}
+        for i, q in enumerate(found)
+    ]  # fmt: skip
+    for res in results:
+        table = Table(title=f"{res['query']}", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("similarity", justify="right")
+        table.add_column(f"path (under {idx.folder})")
+        for n, hit in enumerate(res["neighbours"], 1):
+            table.add_row(str(n), f"{hit['similarity']:.4f}", hit["path"])
+        console.print(table)
+    if as_json:
+        emit_json({"index": str(index_dir), "folder": str(idx.folder), "results": results})
+
+
+def duplicates(
+    index_dir: IndexOpt,
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of near-duplicate images (connected components of pairs above --threshold).
+
+    \b
+    udml duplicates --index idx/photos
+    udml duplicates --index idx/photos --threshold 0.9 --json > dupes.json
+    """
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, read_index_faiss
+
+    idx = Index.load(index_dir)
+    t = DEFAULT_THRESHOLD if threshold is None else threshold
+    groups = duplicate_groups(idx.vectors, t, read_index_faiss(index_dir))
+    out = [
+        {"size": len(g), "min_similarity": round(w, 6), "paths": [idx.paths[i] for i in g]}
+        for g, w in groups
+    ]
+    dupes = sum(len(g) for g, _ in groups)
+    console.print(
+        f"{len(groups)} groups of near-duplicates (similarity ≥ {t}), {dupes} of "
+        f"{len(idx.files)} images"
+    )
+    for n, g in enumerate(out[:20], 1):
+        console.print(f"group {n}: {g['size']} images (≥ {g['min_similarity']:.4f})")
+        for p in g["paths"][:10]:
+            console.print(f"    {p}")
+        if g["size"] > 10:
+            console.print(f"    … and {g['size'] - 10} more")
+    if len(out) > 20:
+        console.print(f"… {len(out) - 20} more groups (--json lists them all)")
+    if as_json:
+        emit_json({"index": str(index_dir), "threshold": t, "groups": out})
