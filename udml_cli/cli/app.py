@@ -8,7 +8,7 @@ import sys
 import typer
 
 from udml_cli import __version__
-from udml_cli.cli import cluster, config_cmd, dataset, embed, evaluate, search, train
+from udml_cli.cli import cluster, config_cmd, dataset, embed, evaluate, report, search, train
 from udml_cli.cli.common import say, set_data_stream
 from udml_cli.errors import UdmlError, describe_os_error
 
@@ -63,6 +63,7 @@ app.command("embed")(embed.embed)
 app.command("index")(search.index)
 app.command("search")(search.search)
 app.command("duplicates")(search.duplicates)
+app.command("report")(report.report)
 
 
 def _message(e: Exception) -> str:

@@ -1,0 +1,80 @@
+"""The report as a person sees it: rendered by headless Chromium, every picture really loads."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import TINY
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _screenshot(page, png):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: scripts/setup.sh installs it")
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1100,1600", f"--screenshot={png}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def _images(text):
+    """Every <img>: a data URI (no network, no file) that decodes as an image."""
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    assert srcs
+    decoded = []
+    for src in srcs:
+        assert src.startswith("data:image/jpeg;base64,"), src[:40]
+        decoded.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))))
+    return decoded
+
+
+def test_run_report_renders_with_its_pictures(cli, layout, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "4").code == 0
+    r = cli("report", run)
+    assert r.code == 0, r.err
+    text = (run / "report.html").read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained
+    thumbs = _images(text)
+    assert "losses per step" in text and "<polyline" in text
+    assert text.count('class="cell ok"') + text.count('class="cell bad"') > 0  # labels known
+    shot = _screenshot(run / "report.html", tmp_path / "run.png")
+    # the page shows the pictures: the mean colour of each of the first thumbnails is the mean
+    # of some 8x8 block of the screenshot (a broken-image icon would leave white there)
+    h, w = (shot.shape[0] // 8) * 8, (shot.shape[1] // 8) * 8
+    blocks = shot[:h, :w].reshape(h // 8, 8, w // 8, 8, 3).mean((1, 3)).reshape(-1, 3)
+    for t in thumbs[:6]:
+        mean = t.reshape(-1, 3).mean(0)
+        assert np.abs(blocks - mean).max(1).min() < 24, "a thumbnail does not show on the page"
+    assert shot.std() > 10  # not a blank page
+
+
+def test_index_report_shows_duplicates(cli, layout, tmp_path):
+    folder = layout / "test"
+    shutil.copy(folder / "c06" / "0.png", folder / "c07" / "copy.png")
+    run = tmp_path / "run"
+    assert cli("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "1").code == 0
+    idx = tmp_path / "idx"
+    assert cli("index", folder, "--checkpoint", run / "last.pt", "--out", idx).code == 0
+    out = tmp_path / "index.html"
+    r = cli("report", idx, "-o", out, "--threshold", "0.99999")
+    assert r.code == 0, r.err
+    text = out.read_text()
+    assert "copy.png" in text and "Near-duplicates" in text
+    _images(text)
+    shot = _screenshot(out, tmp_path / "index.png")
+    assert shot.std() > 10

@@ -1,0 +1,234 @@
+"""``udml report``: one self-contained HTML page (thumbnails inlined, charts as inline SVG).
+
+For a run folder: training curves and re-clustering diagnostics from metrics.jsonl, the cluster
+sizes and a contact sheet of the biggest clusters (the last checkpoint's pseudo-labels), and a
+retrieval grid (green/red borders where labels are known). For an index: the retrieval grid,
+the largest duplicate groups, cluster sizes and contact sheets of a k-means of its vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start;margin:6px 0}
+.cell{width:104px;font-size:10px;text-align:center;overflow:hidden}
+.cell img{width:96px;height:96px;object-fit:cover;border:4px solid #ccc;border-radius:4px}
+.cell.q img{border-color:#36c}.cell.ok img{border-color:#2a2}.cell.bad img{border-color:#d22}
+.charts{display:flex;flex-wrap:wrap;gap:16px}.note{color:#666;font-size:13px}
+"""
+
+
+def thumb(path: Path, size: int = 96) -> str:
+    """A JPEG data URI of the image (a grey square for one that cannot be read)."""
+    from PIL import Image
+
+    from udml_cli.data.images import ImageError, load_rgb
+
+    try:
+        im = load_rgb(path)
+        im.thumbnail((size, size))
+    except ImageError:
+        im = Image.new("RGB", (size, size), (200, 200, 200))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def cell(path: Path, caption: str, kind: str = "") -> str:
+    return (
+        f'<div class="cell {kind}"><img src="{thumb(path)}" alt="{html.escape(path.name)}">'
+        f"<br>{html.escape(caption)}</div>"
+    )
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], w=520, h=170) -> str:
+    """Polylines of (x, y) series on shared axes, min/max labelled."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return ""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = (w - 60) / ((x1 - x0) or 1)
+    sy = (h - 56) / ((y1 - y0) or 1)
+    colours = ["#36c", "#d52", "#2a2", "#a3a", "#888"]
+    out = [f'<svg width="{w}" height="{h}" role="img"><title>{html.escape(title)}</title>',
+           f'<text x="4" y="14" font-size="12">{html.escape(title)}</text>',
+           f'<text x="4" y="46" font-size="10">{y1:.4g}</text>',
+           f'<text x="4" y="{h - 12}" font-size="10">{y0:.4g}</text>',
+           f'<text x="{w - 60}" y="{h - 2}" font-size="10">{x1:.4g}</text>']  # fmt: skip
+    for i, (name, s) in enumerate(series.items()):
+        c = colours[i % len(colours)]
+        poly = " ".join(f"{50 + (x - x0) * sx:.1f},{h - 20 - (y - y0) * sy:.1f}" for x, y in s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{poly}"/>')
+        out.append(
+            f'<text x="{60 + 90 * i}" y="14" font-size="11" fill="{c}">{html.escape(name)}</text>'
+        )
+    return "".join(out) + "</svg>"
+
+
+def bar_chart(title: str, values: list[int], w=520, h=170) -> str:
+    """Cluster sizes, largest first."""
+    values = sorted(values, reverse=True)
+    if not values:
+        return ""
+    top = max(values) or 1
+    bw = (w - 60) / len(values)
+    bars = "".join(
+        f'<rect x="{50 + i * bw:.1f}" y="{h - 20 - (h - 40) * v / top:.1f}" '
+        f'width="{max(bw - 0.5, 0.5):.1f}" height="{(h - 40) * v / top:.1f}" fill="#36c"/>'
+        for i, v in enumerate(values)
+    )
+    return (f'<svg width="{w}" height="{h}" role="img"><title>{html.escape(title)}</title>'
+            f'<text x="4" y="14" font-size="12">{html.escape(title)}</text>'
+            f'<text x="4" y="30" font-size="10">{top}</text>{bars}</svg>')  # fmt: skip
+
+
+def page(title: str, sections: list[tuple[str, str]]) -> str:
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections if content)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+            "</body></html>")  # fmt: skip
+
+
+def retrieval_grid(x: np.ndarray, paths: list[Path], labels, queries: int = 8, k: int = 5,
+                   seed: int = 0) -> str:  # fmt: skip
+    """Sample queries, their top-k (self excluded); green/red by label when labels are known."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(x), min(queries, len(x)), replace=False)
+    sims = x[picks] @ x.T
+    sims[np.arange(len(picks)), picks] = -np.inf
+    rows = []
+    for qi, row in zip(picks, sims, strict=True):
+        top = np.argsort(-row)[:k]
+        cells = [cell(paths[qi], "query", "q")]
+        for j in top:
+            kind = "" if labels is None else ("ok" if labels[j] == labels[qi] else "bad")
+            cells.append(cell(paths[j], f"{row[j]:.3f}", kind))
+        rows.append(f'<div class="row">{"".join(cells)}</div>')
+    legend = "" if labels is None else '<p class="note">green: same class, red: another</p>'
+    return legend + "".join(rows)
+
+
+def contact_sheets(assign: np.ndarray, paths: list[Path], clusters: int = 6, per: int = 12) -> str:
+    sizes = np.bincount(assign)
+    out = []
+    for c in np.argsort(-sizes)[:clusters]:
+        members = np.flatnonzero(assign == c)[:per]
+        cells = "".join(cell(paths[i], paths[i].name) for i in members)
+        out.append(f"<p>cluster {c}: {sizes[c]} images</p><div class='row'>{cells}</div>")
+    return "".join(out)
+
+
+def duplicate_section(groups, paths: list[Path], most: int = 10) -> str:
+    if not groups:
+        return '<p class="note">no near-duplicates at this threshold</p>'
+    out = []
+    for members, weakest in groups[:most]:
+        cells = "".join(cell(paths[i], paths[i].name) for i in members[:12])
+        out.append(
+            f"<p>{len(members)} images, similarity ≥ {weakest:.3f}</p><div class='row'>{cells}</div>"
+        )
+    return "".join(out)
+
+
+def curves(metrics: Path) -> str:
+    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    steps = [e for e in events if e["event"] == "step"]
+    clus = [e for e in events if e["event"] == "cluster"]
+    evals = [e for e in events if e["event"] == "eval"]
+    charts = [
+        line_chart("losses per step", {
+            k: [(e["step"], e[k]) for e in steps if k in e] for k in ("loss", "weight_loss", "rot_loss")
+        }),
+        line_chart("images/s", {"images/s": [(e["step"], e["images_per_s"]) for e in steps]}),
+        line_chart("re-clustering: largest cluster / singletons", {
+            "largest": [(e["epoch"], e["size_max"]) for e in clus],
+            "singletons": [(e["epoch"], e["singletons"]) for e in clus],
+        }),
+        line_chart("re-clustering NMI vs true labels (%)", {
+            "NMI": [(e["epoch"], 100 * e["nmi"]) for e in clus if "nmi" in e]
+        }),
+        line_chart("evaluation R@1 (%)", {
+            "R@1": [(e["epoch"], 100 * e["recall_at"]["1"]) for e in evals if "recall_at" in e]
+        }),
+    ]  # fmt: skip
+    return f'<div class="charts">{"".join(c for c in charts if c)}</div>'
+
+
+def index_report(index_dir: Path, threshold: float | None = None) -> str:
+    from udml_cli.clustering import kmeans
+    from udml_cli.config import auto_clusters
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, read_index_faiss
+
+    idx = Index.load(index_dir)
+    paths = [idx.folder / p for p in idx.paths]
+    t = DEFAULT_THRESHOLD if threshold is None else threshold
+    groups = duplicate_groups(idx.vectors, t, read_index_faiss(index_dir))
+    k = min(auto_clusters(len(paths), 2), len(paths))
+    km = kmeans(idx.vectors, k, seed=0)
+    return page(f"udml index: {idx.folder} ({len(paths)} images)", [
+        ("Search: sample queries and their nearest images", retrieval_grid(idx.vectors, paths, None)),
+        (f"Near-duplicates (similarity ≥ {t})", duplicate_section(groups, paths)),
+        (f"Cluster sizes (k-means, k = {k})", bar_chart("images per cluster", np.bincount(km.labels, minlength=k).tolist())),
+        ("The biggest clusters", contact_sheets(km.labels, paths)),
+    ])  # fmt: skip
+
+
+def run_report(run_dir: Path, engine, sample: int = 300) -> str:
+    import torch
+
+    from udml_cli.data.images import FAILED, ImageDataset
+    from udml_cli.data.layout import read_split
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.data.transforms import eval_transform
+    from udml_cli.engine import extract
+    from udml_cli.errors import UsageError
+    from udml_cli.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise UsageError(
+            f"{run_dir}: no last.pt: not a run folder (or an index without index.json)"
+        )
+    payload = load_checkpoint(last, training=True)
+    model, cfg = model_from_checkpoint(payload, last)
+    ref = resolve_dataset(payload.get("dataset") or cfg.data.dataset, cfg.data.data_root)
+    skipped = set(payload.get("skipped", []))
+    train = [s for s in read_split(ref, "train") if s.rel not in skipped]
+    pseudo = payload["pseudo_labels"].numpy()
+    sections = (
+        [("Training", curves(run_dir / "metrics.jsonl"))]
+        if (run_dir / "metrics.jsonl").is_file()
+        else []
+    )
+    if len(train) == len(pseudo):
+        sizes = np.bincount(pseudo, minlength=cfg.cluster.num_clusters).tolist()
+        sections += [
+            ("Pseudo-class sizes (the last clustering)", bar_chart("images per cluster", sizes)),
+            ("The biggest pseudo-classes", contact_sheets(pseudo, [s.path for s in train])),
+        ]
+    pool = read_split(ref, "test") if ref.labelled else train
+    rng = np.random.default_rng(0)
+    pool = [pool[i] for i in sorted(rng.choice(len(pool), min(sample, len(pool)), replace=False))]
+    data = ImageDataset(pool, eval_transform(cfg.data), size=cfg.data.image_size)
+    model = engine.prepare_model(model).eval()
+    with torch.no_grad():
+        x, index = extract(model.embed, data, engine, cfg.eval.batch_size)
+    ok = index != FAILED
+    kept = [pool[i] for i in np.flatnonzero(ok)]
+    labels = np.array([s.label for s in kept]) if ref.labelled else None
+    split = "test" if ref.labelled else "train"
+    sections.append((
+        f"Retrieval on {ref.name}/{split} ({len(kept)} sampled images)",
+        retrieval_grid(x[ok], [s.path for s in kept], labels),
+    ))  # fmt: skip
+    return page(f"udml run: {run_dir}", sections)
