@@ -19,6 +19,8 @@ udml eval --config "$CONFIG" --backbone efficientnet_lite0 --weights imagenet \
   --dataset "$DATA" --json > "$RUN/start.json"
 udml train --config "$CONFIG" --dataset "$DATA" --out "$RUN" --yes
 udml eval "$RUN/last.pt" --json > "$RUN/udml-ss.json"
+udml report "$RUN"
 t2=$(date +%s)
 python3 scripts/demo_table.py "$RUN/start.json" "$RUN/udml-ss.json"
 echo "set-up $((t1 - t0)) s, demo $((t2 - t1)) s, total $((t2 - t0)) s" >&2
+echo "report: $RUN/report.html (open it in a browser)" >&2

@@ -19,6 +19,7 @@ from udml_cli.cli.common import (
     emit_json,
     progress,
 )
+from udml_cli.fileio import atomic_write_text, ensure_writable
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder made by udml index.")]
 
@@ -87,7 +88,13 @@ def index(
     if todo:
         with progress() as bar:
             x, ok = _embed_files(
-                model, cfg, engine, [files[p][3] for p in todo], strict, folder.name, bar,
+                model,
+                cfg,
+                engine,
+                [files[p][3] for p in todo],
+                strict,
+                folder.name,
+                bar,
                 none_ok=bool(reuse),
             )
         todo_arr = np.array(todo)
@@ -127,6 +134,9 @@ def search(
     index_dir: IndexOpt,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per query.")] = 10,
     device: DeviceOpt = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The K most similar indexed images for each query image (cosine similarity).
@@ -141,6 +151,8 @@ def search(
     from udml_cli.index import Index
 
     idx = Index.load(index_dir)
+    if html_out is not None:
+        ensure_writable(html_out, "--html")
     paths: list[Path] = []
     for q in queries:
         if q.is_dir():
@@ -172,6 +184,20 @@ def search(
         for n, hit in enumerate(res["neighbours"], 1):
             table.add_row(str(n), f"{hit['similarity']:.4f}", hit["path"])
         console.print(table)
+    if html_out is not None:
+        from udml_cli.report import cell, page
+
+        rows = []
+        for res in results:
+            cells = [cell(Path(res["query"]), "query", "q")]
+            cells += [
+                cell(idx.folder / h["path"], f"{h['similarity']:.3f}") for h in res["neighbours"]
+            ]
+            rows.append(f'<div class="row">{"".join(cells)}</div>')
+        atomic_write_text(
+            html_out, page(f"udml search in {idx.folder}", [("Results", "".join(rows))])
+        )
+        console.print(f"wrote {html_out}")
     if as_json:
         emit_json({"index": str(index_dir), "folder": str(idx.folder), "results": results})
 
@@ -180,7 +206,12 @@ def duplicates(
     index_dir: IndexOpt,
     threshold: Annotated[
         float | None,
-        typer.Option(min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."),
+        typer.Option(
+            min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."
+        ),
+    ] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -193,6 +224,8 @@ def duplicates(
     from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, read_index_faiss
 
     idx = Index.load(index_dir)
+    if html_out is not None:
+        ensure_writable(html_out, "--html")
     t = DEFAULT_THRESHOLD if threshold is None else threshold
     groups = duplicate_groups(idx.vectors, t, read_index_faiss(index_dir))
     out = [
@@ -212,5 +245,14 @@ def duplicates(
             console.print(f"    … and {g['size'] - 10} more")
     if len(out) > 20:
         console.print(f"… {len(out) - 20} more groups (--json lists them all)")
+    if html_out is not None:
+        from udml_cli.report import duplicate_section, page
+
+        paths = [idx.folder / p for p in idx.paths]
+        body = duplicate_section(groups, paths, most=len(groups))
+        atomic_write_text(
+            html_out, page(f"near-duplicates in {idx.folder} (≥ {t})", [("Groups", body)])
+        )
+        console.print(f"wrote {html_out}")
     if as_json:
         emit_json({"index": str(index_dir), "threshold": t, "groups": out})
