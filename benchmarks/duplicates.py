@@ -31,12 +31,13 @@ def threshold_study(
     import torch
     from PIL import Image
 
+    from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.data.images import load_rgb
     from udml_cli.data.layout import read_split
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.data.transforms import eval_transform
-    from udml_cli.inference import load_model, model_flags
+    from udml_cli.inference import load_model
 
     cfg = load_config(None, None, model_flags("efficientnet_lite0", "imagenet", "cpu", size))
     model, cfg, _ = load_model(cfg, None, "efficientnet_lite0")

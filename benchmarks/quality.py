@@ -64,11 +64,11 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    import udml_cli as udml
     from udml_cli.config import load_config
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.models.net import build_model
-    from udml_cli.training import Trainer
 
     for dataset in args.datasets:
         res = Results(f"{args.name}-{dataset}")
@@ -86,9 +86,9 @@ def main() -> None:
                 cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    trainer = Trainer(cfg, ref, Path(tmp), engine)
-                    trainer.run()
-                metrics = score(trainer.model, cfg, ref, engine, t0, subgroups)
+                    last = udml.train(Path(tmp) / "run", cfg)  # the same call as `udml train`
+                    model, _ = udml.load_model(checkpoint=last)
+                metrics = score(model, cfg, ref, engine, t0, subgroups)
                 table.setdefault((dataset, mode), []).append(metrics)
                 print(f"{dataset} {mode} seed {seed}: {metrics}", file=sys.stderr, flush=True)
         for (ds, mode), runs in table.items():

@@ -36,7 +36,7 @@ def test_unreadable_files_are_skipped_or_strict(folder, tmp_path):
         "embed", folder, *LITE, "--out", tmp_path / "v.npy", "--paths", tmp_path / "p.txt"
     )
     assert proc.returncode == 0
-    assert b"skipped unreadable image" in proc.stderr and b"3.png" in proc.stderr
+    assert b"skipped 1 unreadable images" in proc.stderr and b"3.png" in proc.stderr
     assert np.load(tmp_path / "v.npy").shape == (4, 1280)
     assert "3.png" not in (tmp_path / "p.txt").read_text()
     proc = run_udml("embed", folder, *LITE, "--strict", "--out", tmp_path / "s.npy")

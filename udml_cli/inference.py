@@ -79,15 +79,3 @@ def evaluate(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=N
     result.update(dataset=ref.name, split=split, dim=int(x.shape[1]))
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
-
-
-def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:
-    """The common flags as dotted config keys. ``--image-size N`` crops N after resizing the
-    shorter side to N·256/227 (the paper's ratio)."""
-    flags = {"model.backbone": backbone, "model.weights": weights, "engine.device": device}
-    if image_size is not None:
-        flags |= {
-            "data.image_size": image_size,
-            "data.resize": max(image_size, round(image_size * 256 / 227)),
-        }
-    return flags | dotted

@@ -65,13 +65,14 @@ def cluster(
     udml cluster --index idx/photos --k 50 --assignments clusters.csv
     """
 
+    from udml_cli.cli.common import model_flags
     from udml_cli.clustering import diagnostics, kmeans
     from udml_cli.config import auto_clusters, load_config
     from udml_cli.data.layout import read_split
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError, note
     from udml_cli.fileio import atomic_write_text, ensure_writable
-    from udml_cli.inference import embed_split, model_and_dataset, model_flags
+    from udml_cli.inference import embed_split, model_and_dataset
 
     dotted = {"data.data_root": data_root, "cluster.num_clusters": k}
     dotted["data.strict"] = True if strict else None

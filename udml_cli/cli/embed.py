@@ -18,7 +18,6 @@ from udml_cli.cli.common import (
     console,
     data_stream,
     progress,
-    say,
 )
 
 
@@ -54,13 +53,13 @@ def embed(
     """
     import numpy as np
 
+    from udml_cli.api import embed_files
+    from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
-    from udml_cli.data.images import FolderDataset, list_images
-    from udml_cli.data.transforms import eval_transform
-    from udml_cli.engine import extract, resolve_engine
+    from udml_cli.data.images import list_images
     from udml_cli.errors import DatasetError, UsageError
     from udml_cli.fileio import atomic_write_bytes, atomic_write_text, ensure_writable
-    from udml_cli.inference import load_model, model_flags
+    from udml_cli.inference import load_model
 
     if out is None and data_stream().isatty():
         raise UsageError(
@@ -77,20 +76,10 @@ def embed(
             ensure_writable(target, what)
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
-    engine = resolve_engine(cfg.engine)
-    model = engine.prepare_model(model).eval()
-    dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
     with progress() as bar:
-        x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, "embedding", bar)
-    bad = [files[i] for i in sorted(set(range(len(files))) - set(index.tolist()))]
-    for path in bad:
-        say("warning:", "yellow", f"skipped unreadable image {path}")
-    if bad and strict:
-        raise DatasetError(f"{len(bad)} unreadable images (first: {bad[0]}); nothing written")
-    keep = index >= 0
-    x, index = x[keep].astype(np.float32), index[keep]
-    if len(x) == 0:
-        raise DatasetError(f"none of the {len(files)} images in {folder} could be read")
+        x, ok = embed_files(model, cfg, files, strict, bar, folder.name)
+    index = ok.nonzero()[0]
+    bad = len(files) - len(index)
     buf = io.BytesIO()
     np.save(buf, x)
     if paths is not None:
@@ -106,5 +95,5 @@ def embed(
         sink.flush()
     console.print(
         f"embedded {len(x)} images → ({x.shape[0]}, {x.shape[1]}) float32"
-        + (f"; skipped {len(bad)} unreadable" if bad else "")
+        + (f"; skipped {bad} unreadable" if bad else "")
     )

@@ -53,10 +53,11 @@ def evaluate(
     udml eval runs/cub                       # every epoch_NNNN.pt of the run, one table
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
     """
+    from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.engine import resolve_engine
     from udml_cli.inference import evaluate as run_eval
-    from udml_cli.inference import model_and_dataset, model_flags
+    from udml_cli.inference import model_and_dataset
 
     dotted = {"data.data_root": data_root, "data.strict": True if strict else None}
     flags = model_flags(backbone, weights, device, image_size, **dotted)

@@ -24,23 +24,6 @@ from udml_cli.fileio import atomic_write_text, ensure_writable
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder made by udml index.")]
 
 
-def _embed_files(
-    model, cfg, engine, paths: list[Path], strict: bool, where: str, bar, none_ok: bool = False
-):
-    """Embeddings of ``paths`` (rows in order) and the positions that could be read."""
-    from udml_cli.data.images import FAILED, FolderDataset, report_unreadable
-    from udml_cli.data.transforms import eval_transform
-    from udml_cli.engine import extract
-
-    model = engine.prepare_model(model).eval()
-    dataset = FolderDataset(paths, eval_transform(cfg.data), cfg.data.image_size)
-    x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", bar)
-    ok = index != FAILED
-    bad = [str(paths[i]) for i in (~ok).nonzero()[0]]
-    report_unreadable(bad, len(paths), strict, where, none_ok)
-    return x[ok], ok
-
-
 def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write or update.")],
@@ -59,60 +42,25 @@ def index(
     udml index ~/photos --checkpoint runs/photos/last.pt --out idx/photos
     udml index ~/photos --backbone efficientnet_lite0 --weights imagenet --out idx/start
     """
-    import numpy as np
-
-    from udml_cli.config import load_config
-    from udml_cli.engine import resolve_engine
-    from udml_cli.errors import DatasetError, note
+    from udml_cli.api import build_index
     from udml_cli.fileio import ensure_writable_dir
-    from udml_cli.index import Index, model_identity, plan_update
-    from udml_cli.inference import load_model, model_flags
 
-    if not folder.is_dir():
-        raise DatasetError(f"not a folder: {folder}")
     ensure_writable_dir(out, "--out")
-    folder = folder.resolve()
-    cfg = load_config(None, None, model_flags(backbone, weights, device, image_size))
-    model, cfg, _ = load_model(cfg, checkpoint, backbone)
-    ident = model_identity(checkpoint, cfg)
-    old = Index.load(out) if (out / "index.json").is_file() else None
-    if old is not None and old.model != ident:
-        note(f"{out} was built with another model: every image is embedded again")
-    files, reuse, todo = plan_update(old, folder, ident)
-    engine = resolve_engine(cfg.engine)
-    dim = old.vectors.shape[1] if reuse else model.dim
-    vectors = np.zeros((len(files), dim), np.float32)
-    for pos, row in reuse.items():
-        vectors[pos] = old.vectors[row]
-    keep = np.ones(len(files), bool)
-    if todo:
-        with progress() as bar:
-            x, ok = _embed_files(
-                model,
-                cfg,
-                engine,
-                [files[p][3] for p in todo],
-                strict,
-                folder.name,
-                bar,
-                none_ok=bool(reuse),
-            )
-        todo_arr = np.array(todo)
-        vectors[todo_arr[ok]] = x
-        keep[todo_arr[~ok]] = False
-    rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
-    Index(folder, ident, vectors[keep], rows).save(out)
+    with progress() as bar:
+        idx = build_index(folder, out, checkpoint, backbone, weights or "imagenet", image_size,
+                          device or "auto", strict, bar)  # fmt: skip
     console.print(
-        f"indexed {len(rows)} images of {folder} in {out}: {len(todo) - int((~keep).sum())} "
-        f"embedded, {len(reuse)} unchanged kept"
+        f"indexed {len(idx.files)} images of {idx.folder} in {out}: {idx.embedded} embedded, "
+        f"{idx.kept} unchanged kept"
     )
 
 
 def _query_model(idx, device):
+    from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.errors import UsageError
     from udml_cli.index import file_sha256
-    from udml_cli.inference import load_model, model_flags
+    from udml_cli.inference import load_model
 
     m = idx.model
     flags = model_flags(m.get("backbone"), m.get("weights"), device, None)
@@ -145,8 +93,8 @@ def search(
     udml search holiday.jpg --index idx/photos --k 5
     udml search queries/ --index idx/photos --json > hits.json
     """
+    from udml_cli.api import embed_files
     from udml_cli.data.layout import image_files, is_image
-    from udml_cli.engine import resolve_engine
     from udml_cli.errors import DatasetError
     from udml_cli.index import Index
 
@@ -164,9 +112,8 @@ def search(
     if not paths:
         raise DatasetError("no query images found")
     model, cfg = _query_model(idx, device)
-    engine = resolve_engine(cfg.engine)
     with progress() as bar:
-        x, ok = _embed_files(model, cfg, engine, paths, False, "queries", bar)
+        x, ok = embed_files(model, cfg, paths, False, bar, "queries")
     sims, rows = idx.search(x, k)
     found = [p for p, good in zip(paths, ok.tolist(), strict=True) if good]
     results = [

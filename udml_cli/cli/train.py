@@ -63,12 +63,13 @@ def train(
     udml train --dataset ~/photos --out runs/photos   # any folder of images, no labels
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
     """
+    from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
     from udml_cli.fileio import ensure_writable_dir
-    from udml_cli.inference import evaluate, model_flags
+    from udml_cli.inference import evaluate
     from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
 
     if resume and out is None:

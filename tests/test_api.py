@@ -1,0 +1,51 @@
+"""The Python API under the CLI: the same results, no terminal needed."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import udml_cli as udml
+from udml_cli.errors import ConfigError, UsageError
+
+TINY = {
+    "model": {"backbone": "tiny-test", "weights": "none", "dim": 16},
+    "data": {"image_size": 16, "resize": 18},
+    "cluster": {"num_clusters": 6},
+    "train": {"batch_size": 8, "instances": 2, "epochs": 2, "up_step": 1},
+    "loss": {"rot_batch": 4},
+    "engine": {"workers": 0},
+}
+
+
+def test_settings_layers_and_validates():
+    cfg = udml.settings("demo", train={"epochs": 3})
+    assert cfg.train.epochs == 3 and cfg.model.backbone == "efficientnet_lite0"
+    assert udml.settings(cfg, loss={"alpha": 10}).train.epochs == 3
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        udml.settings(train={"lr": float("inf")})
+
+
+def test_train_embed_index_search(layout, tmp_path):
+    out = tmp_path / "run"
+    last = udml.train(out, dataset=str(layout), **TINY)
+    assert last == out / "last.pt"
+    with pytest.raises(UsageError, match="already holds a run"):
+        udml.train(out, dataset=str(layout), **TINY)
+    assert udml.train(out, resume=True, train={"epochs": 3}) == last
+    model, cfg = udml.load_model(checkpoint=last)
+    assert cfg.train.epochs == 3 and model.dim == 16
+    x, paths = udml.embed_folder(layout / "test", checkpoint=last)
+    assert x.shape == (32, 16) and len(paths) == 32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+    index = udml.build_index(layout / "test", tmp_path / "idx", checkpoint=last)
+    sims, rows = index.search(x[:2], 3)
+    assert rows[:, 0].tolist() == [0, 1] and np.allclose(sims[:, 0], 1, atol=1e-5)
+    assert udml.Index.load(tmp_path / "idx").paths == index.paths
+
+
+def test_importing_udml_cli_does_not_import_torch():
+    code = "import sys, udml_cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
