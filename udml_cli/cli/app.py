@@ -48,7 +48,10 @@ class _App(typer.Typer):
 
 app = _App(
     name="udml",
-    help="Unsupervised deep metric learning (UDML-SS): cluster, train, evaluate, embed.",
+    help="Unsupervised deep metric learning (UDML-SS): cluster, train, evaluate, embed.\n\n"
+    "Start here: udml train --dataset ~/photos --config photos --out runs/photos (no labels "
+    "needed) · udml index ~/photos --checkpoint runs/photos/last.pt --out idx · udml report idx "
+    "· udml templates (paper recipes and CPU demos for --config NAME).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -64,6 +67,23 @@ app.command("index")(search.index)
 app.command("search")(search.search)
 app.command("duplicates")(search.duplicates)
 app.command("report")(report.report)
+
+
+@app.command("templates")
+def templates() -> None:
+    """List the shipped run configs; use one with --config NAME."""
+    from rich.table import Table
+
+    from udml_cli.cli.common import console
+    from udml_cli.recipes import describe
+    from udml_cli.recipes import templates as shipped
+
+    table = Table(title="templates (udml train --config NAME)")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, path in shipped().items():
+        table.add_row(name, describe(path))
+    console.print(table)
 
 
 def _message(e: Exception) -> str:
@@ -90,6 +110,12 @@ def _root(
     ),
 ) -> None:
     """Unsupervised deep metric learning (UDML-SS): cluster, train, evaluate, embed.
+
+    \b
+    Start here:
+      udml train --dataset ~/photos --config photos --out runs/photos   (no labels needed)
+      udml index ~/photos --checkpoint runs/photos/last.pt --out idx && udml report idx
+      udml templates   (the paper recipes and CPU demos to pass as --config NAME)
 
     Human messages and progress go to stderr; stdout carries data only (--json, embed).
     """
