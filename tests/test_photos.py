@@ -106,6 +106,16 @@ def test_a_folder_of_photos_end_to_end(cli, photos, tmp_path):
     r = cli("index", photos, *LITE, "--out", idx)
     assert r.code == 0 and "1 embedded, 32 unchanged kept" in r.err, r.err
 
+    # the report of the index, as a person sees it in a browser
+    from test_report import _images, _screenshot
+
+    r = cli("report", idx, "-o", tmp_path / "photos.html")
+    assert r.code == 0, r.err
+    text = (tmp_path / "photos.html").read_text()
+    assert "exact_copy.png" in text and "near_copy.jpg" in text  # the duplicate groups
+    assert len(_images(text)) > 30
+    assert _screenshot(tmp_path / "photos.html", tmp_path / "photos.png").std() > 10
+
     table = tmp_path / "clusters.csv"
     r = cli("cluster", "--index", idx, "--k", "5", "--assignments", table)
     assert r.code == 0, r.err
