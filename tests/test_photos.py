@@ -146,3 +146,24 @@ def test_index_search_and_duplicates_match_brute_force():
     assert sorted(len(g) for g, _ in groups) == [2] * 9 + [3]
     assert {(g[0], g[1]) for g, _ in groups if len(g) == 2} | {(0, 200), (0, 210), (200, 210)} >= pairs
     assert groups[0][0] == [0, 200, 210] and groups[0][1] >= 0.95
+
+
+def test_ivf_duplicates_agree_with_the_exact_pass():
+    """Above IVF_FROM rows the index is an IVF: its groups must be exact ones (no false pairs)
+    and find nearly all of them."""
+    import numpy as np
+
+    from udml_cli.index import IVF_FROM, Index, duplicate_groups
+
+    rng = np.random.default_rng(1)
+    n, planted = IVF_FROM + 1000, 300
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    x[n - planted :] = x[:planted] + 0.02 * rng.normal(size=(planted, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = Index(Path("."), {}, x, [(f"{i}", 0, 0) for i in range(n)]).faiss()
+    assert index.__class__.__name__ == "IndexIVFFlat"
+    approx = {tuple(g) for g, _ in duplicate_groups(x, 0.99, index)}
+    exact = {tuple(g) for g, _ in duplicate_groups(x, 0.99)}
+    pairs = lambda groups: {(a, b) for g in groups for a in g for b in g if a < b}  # noqa: E731
+    assert pairs(approx) <= pairs(exact)
+    assert len(pairs(approx)) >= 0.9 * len(pairs(exact)) > 0

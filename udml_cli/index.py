@@ -77,7 +77,9 @@ class Index:
     def load(cls, out: Path) -> Index:
         meta_path = out / "index.json"
         if not meta_path.is_file():
-            raise UsageError(f"{out} is not a udml index (no index.json); build one with udml index")
+            raise UsageError(
+                f"{out} is not a udml index (no index.json); build one with udml index"
+            )
         try:
             meta = json.loads(meta_path.read_text())
             vectors = np.load(out / "vectors.npy", allow_pickle=False)
@@ -100,7 +102,9 @@ class Index:
         else:
             nlist = int(4 * np.sqrt(n))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.max_points_per_centroid = 32  # train the cells on a sample: seconds, not minutes
+            index.cp.max_points_per_centroid = (
+                32  # train the cells on a sample: seconds, not minutes
+            )
             index.train(self.vectors)
         index.add(self.vectors)
         return index
@@ -132,32 +136,51 @@ def read_index_faiss(out: Path):
 
 
 def duplicate_groups(
-    vectors: np.ndarray, threshold: float, index=None, nprobe: int = 1
+    vectors: np.ndarray, threshold: float, index=None
 ) -> list[tuple[list[int], float]]:
     """Groups of rows joined by pairs with similarity ≥ ``threshold`` (connected components),
     largest first; each with its smallest joining similarity. ``index``: a faiss index over
-    ``vectors`` (an IVF one answers approximately: a pair split across cells can be missed)."""
+    ``vectors``; an IVF one answers approximately (only pairs within a cell are compared: a pair
+    split across two cells is missed; BENCHMARKS.md measures how often), a flat one exactly."""
     import faiss
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
-    if index is None:
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
-    if hasattr(index, "nprobe"):
-        index.nprobe = nprobe
     rows, cols, sims = [], [], []
-    for start in range(0, n, 8192):
-        lims, dist, found = index.range_search(x[start : start + 8192], float(threshold))
-        counts = np.diff(lims).astype(np.int64)  # faiss gives size_t limits
-        q = np.repeat(np.arange(start, start + len(counts)), counts)
-        found = found.astype(np.int64)
-        keep = found > q  # each pair once, no self-pairs
-        rows.append(q[keep])
-        cols.append(found[keep])
-        sims.append(dist[keep])
+    ivf = faiss.try_extract_index_ivf(index) if index is not None else None
+    if ivf is not None:
+        # pairs inside each inverted list: one matrix product per cell (a vector's cell was fixed
+        # when it was added, so no query is assigned again; like nprobe = 1)
+        from threadpoolctl import threadpool_limits
+
+        lists = ivf.invlists
+        with threadpool_limits(1):  # ~80x512 products: threads only spin (worse when busy)
+            for cell in range(ivf.nlist):
+                size = lists.list_size(cell)
+                if size < 2:
+                    continue
+                ids = faiss.rev_swig_ptr(lists.get_ids(cell), size).astype(np.int64).copy()
+                block = x[ids]
+                sim = block @ block.T
+                a, b = np.nonzero(np.triu(sim >= threshold, 1))
+                rows.append(ids[a])
+                cols.append(ids[b])
+                sims.append(sim[a, b])
+    else:
+        if index is None:
+            index = faiss.IndexFlatIP(x.shape[1])
+            index.add(x)
+        for start in range(0, n, 8192):
+            lims, dist, found = index.range_search(x[start : start + 8192], float(threshold))
+            counts = np.diff(lims).astype(np.int64)  # faiss gives size_t limits
+            q = np.repeat(np.arange(start, start + len(counts)), counts)
+            found = found.astype(np.int64)
+            keep = found > q  # each pair once, no self-pairs
+            rows.append(q[keep])
+            cols.append(found[keep])
+            sims.append(dist[keep])
     r, c, s = (np.concatenate(a) if a else np.zeros(0) for a in (rows, cols, sims))
     graph = coo_matrix((np.ones(len(r)), (r.astype(np.int64), c.astype(np.int64))), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
