@@ -43,6 +43,11 @@ def thumb(path: Path, size: int = 96) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _short(path: Path) -> str:
+    """A caption: the file and its folder (names alone repeat, e.g. one per vendor)."""
+    return "/".join(path.parts[-2:])
+
+
 def cell(path: Path, caption: str, kind: str = "") -> str:
     return (
         f'<div class="cell {kind}"><img src="{thumb(path)}" alt="{html.escape(path.name)}">'
@@ -70,7 +75,7 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], w=520, 
         poly = " ".join(f"{50 + (x - x0) * sx:.1f},{h - 20 - (y - y0) * sy:.1f}" for x, y in s)
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{poly}"/>')
         out.append(
-            f'<text x="{60 + 90 * i}" y="14" font-size="11" fill="{c}">{html.escape(name)}</text>'
+            f'<text x="{50 + 110 * i}" y="30" font-size="11" fill="{c}">{html.escape(name)}</text>'
         )
     return "".join(out) + "</svg>"
 
@@ -123,7 +128,7 @@ def contact_sheets(assign: np.ndarray, paths: list[Path], clusters: int = 6, per
     out = []
     for c in np.argsort(-sizes)[:clusters]:
         members = np.flatnonzero(assign == c)[:per]
-        cells = "".join(cell(paths[i], paths[i].name) for i in members)
+        cells = "".join(cell(paths[i], _short(paths[i])) for i in members)
         out.append(f"<p>cluster {c}: {sizes[c]} images</p><div class='row'>{cells}</div>")
     return "".join(out)
 
@@ -133,7 +138,7 @@ def duplicate_section(groups, paths: list[Path], most: int = 10) -> str:
         return '<p class="note">no near-duplicates at this threshold</p>'
     out = []
     for members, weakest in groups[:most]:
-        cells = "".join(cell(paths[i], paths[i].name) for i in members[:12])
+        cells = "".join(cell(paths[i], _short(paths[i])) for i in members[:12])
         out.append(
             f"<p>{len(members)} images, similarity ≥ {weakest:.3f}</p><div class='row'>{cells}</div>"
         )
