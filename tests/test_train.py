@@ -183,3 +183,34 @@ def test_freeze_backbone_keeps_the_early_layers_fixed(cli, layout, tmp_path):
     ]
     assert moved[:frozen] == [False] * frozen  # the input side did not move
     assert all(moved[frozen:])  # the rest trained
+
+
+def test_epoch_summaries_and_no_repeated_steps_after_an_older_checkpoint(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--epochs", "3", "--set", "train.save_step=1", "--set", "train.iters_per_epoch=2"]
+    assert _train(cli, layout, out, *extra).code == 0
+    good = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(good[:100])  # damaged: resume falls back to epoch_0003.pt
+    (out / "epoch_0003.pt").unlink()  # … to epoch_0002.pt, whose step 4 the log has passed
+    r = cli("train", "--out", out, "--resume", "--yes")
+    assert r.code == 0, r.err
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == list(range(1, 7))  # each step once, the redone epoch's records replaced
+    summaries = [e for e in events if e["event"] == "epoch_summary"]
+    assert [e["completed"] for e in summaries] == [1, 2, 3]
+    assert all(e["steps"] == 2 and not e["partial"] and e["mean_loss"] > 0 for e in summaries)
+
+
+def test_image_size_with_a_checkpoint_is_applied_and_said(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    assert _train(cli, layout, out, "--epochs", "1").code == 0
+    r = cli("eval", out / "last.pt", "--image-size", "24", "--json")
+    assert r.code == 0 and "images at 24 px as asked" in r.err and "trained at 16 px" in r.err
+    import numpy as np
+
+    images = layout / "test" / "c06"
+    ckpt = ["--checkpoint", out / "last.pt"]
+    assert cli("embed", images, *ckpt, "-o", tmp_path / "a.npy").code == 0
+    assert cli("embed", images, *ckpt, "--image-size", "24", "-o", tmp_path / "b.npy").code == 0
+    assert not np.allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))

@@ -21,9 +21,18 @@ def load_model(cfg: Config, checkpoint: Path | None, backbone: str | None):
         model, ckpt_cfg = model_from_checkpoint(payload, checkpoint)
         # the checkpoint decides the model and image pipeline; the rest comes from this run
         # (how to treat unreadable images and where data lives are this run's too)
-        data = ckpt_cfg.data.model_copy(
-            update={"strict": cfg.data.strict, "data_root": cfg.data.data_root}
-        )
+        update = {"strict": cfg.data.strict, "data_root": cfg.data.data_root}
+        if "image_size" in cfg.data.model_fields_set and (
+            cfg.data.image_size != ckpt_cfg.data.image_size
+        ):  # asked for explicitly (--image-size or a config file): applied, and said so
+            update |= {"image_size": cfg.data.image_size, "resize": cfg.data.resize}
+            from udml_cli.errors import note
+
+            note(
+                f"images at {cfg.data.image_size} px as asked; {checkpoint} was trained at "
+                f"{ckpt_cfg.data.image_size} px"
+            )
+        data = ckpt_cfg.data.model_copy(update=update)
         keep = {"engine": cfg.engine, "eval": cfg.eval, "cluster": cfg.cluster, "data": data}
         cfg = ckpt_cfg.model_copy(update=keep)
         return model, cfg, payload.get("dataset")

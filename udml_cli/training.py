@@ -250,6 +250,17 @@ class Trainer:
         s.clustered_at = int(payload.get("clustered_at", max(0, legacy)))
         s.cluster_feature = str(payload.get("cluster_feature", self.cfg.cluster.feature))
 
+    def _forget_steps_after(self, step: int) -> None:
+        """A resume from an older checkpoint (kill -9, a damaged last.pt) redoes steps that
+        metrics.jsonl already holds: drop those records so every step appears once."""
+        if not self.log_path.is_file():
+            return
+        kept = [
+            line for line in self.log_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]  # fmt: skip
+        atomic_write_text(self.log_path, "".join(f"{line}\n" for line in kept))
+
     # ---- clustering --------------------------------------------------------------------------
     @torch.no_grad()
     def clustered_feature(self, kind: str) -> np.ndarray:
@@ -361,6 +372,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.toml", cfg.to_toml())
         if resume_from is not None:
+            self._forget_steps_after(s.step)
             self.log("resume", checkpoint=str(resume_from), iteration=s.iteration)
         else:
             self.log_path.write_text("")
@@ -407,13 +419,14 @@ class Trainer:
         self.augmented.labels = s.pseudo_labels
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
-        tick, images_seen = time.perf_counter(), 0
+        tick, images_seen, losses = time.perf_counter(), 0, []
         for images, labels in loader:
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
             parts = self.train_step(images, labels)
             s.iteration += 1
             s.step += 1
             images_seen += len(images)
+            losses.append(parts["loss"])
             now = time.perf_counter()
             rate = images_seen / max(now - tick, 1e-9)
             if s.step % cfg.train.log_every == 0:
@@ -422,6 +435,14 @@ class Trainer:
                 self.progress.update(
                     task, advance=1, description=self._describe(parts, rate, len(sampler))
                 )
+        if losses:  # one summary record per epoch (of the part run here, after a mid-epoch resume)
+            self.log(
+                "epoch_summary", completed=s.epoch + 1, steps=len(losses),
+                mean_loss=round(float(np.mean(losses)), 6),
+                seconds=round(time.perf_counter() - tick, 3),
+                images_per_s=round(images_seen / max(time.perf_counter() - tick, 1e-9), 1),
+                partial=len(losses) < len(sampler),
+            )  # fmt: skip
 
     def _describe(self, parts: dict, rate: float, per_epoch: int) -> str:
         s, t = self.state, self.cfg.train
