@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from udml_cli.config import Config, load_config
+from udml_cli.config import Config, image_size_keys, load_config
 
 
 def settings(config: Config | str | Path | None = None, **sections: dict[str, Any]) -> Config:
@@ -45,8 +45,7 @@ def load_model(
     if backbone:
         flags["model.backbone"] = backbone
     if image_size is not None:
-        flags |= {"data.image_size": image_size,
-                  "data.resize": max(image_size, round(image_size * 256 / 227))}  # fmt: skip
+        flags |= image_size_keys(image_size)
     cfg = load_config(None, None, flags)
     model, cfg, _ = _load(cfg, Path(checkpoint) if checkpoint else None, backbone)
     return model, cfg
@@ -103,8 +102,9 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
         sections.setdefault("data", {})["dataset"] = dataset
     with RunLock(out):
         checkpoint = out / "last.pt" if resume else None
+        payload = load_checkpoint(checkpoint, training=True) if resume else None
         if resume:
-            saved = load_checkpoint(checkpoint, training=True)["config"]
+            saved = payload["config"]
             cfg = settings(Config.model_validate(saved) if config is None else config, **sections)
         else:
             cfg = settings(config, **sections)
@@ -114,7 +114,7 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
             raise UsageError("no dataset: pass dataset=NAME")
         ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
         trainer = Trainer(cfg, ref, out, resolve_engine(cfg.engine), progress)
-        return trainer.run(checkpoint)
+        return trainer.run(checkpoint, payload=payload)
 
 
 def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=None,

@@ -144,7 +144,9 @@ class EvalConfig(_Section):
     recall_at: list[Annotated[int, Field(ge=1, le=BIG)]] = Field(
         [1, 2, 4, 8, 16, 32], min_length=1, max_length=64
     )
-    batch_size: int = Field(128, ge=1, le=65536, description="images per forward pass when extracting")
+    batch_size: int = Field(
+        128, ge=1, le=65536, description="images per forward pass when extracting"
+    )
 
 
 class EngineConfig(_Section):
@@ -267,3 +269,12 @@ def auto_clusters(n_images: int, batch_clusters: int) -> int:
     """``cluster.num_clusters = "auto"``: one cluster per 50 images (CUB's 5,864 → 117; the paper
     used 100), never fewer than a batch needs, never more than 10,000 (SOP's)."""
     return max(batch_clusters, 2, min(10_000, n_images // 50))
+
+
+def image_size_keys(image_size: int) -> dict[str, int]:
+    """``--image-size N`` as config keys: crop N after resizing the shorter side to N·256/227 (the
+    paper's ratio)."""
+    return {
+        "data.image_size": image_size,
+        "data.resize": max(image_size, round(image_size * 256 / 227)),
+    }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,7 +221,3 @@ def plan_update(old: Index | None, folder: Path, model: dict):
         else:
             todo.append(pos)
     return files, reuse, todo
-
-
-def same_folder(a: Path, b: Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)

@@ -74,21 +74,21 @@ def holds_run(out: Path) -> bool:
     return out.is_dir() and any(out.glob("*.pt"))
 
 
-def resume_checkpoint(out: Path, yes: bool, ask) -> Path:
-    """``out/last.pt`` when it loads; else offer the newest intact ``epoch_NNNN.pt``."""
+def resume_checkpoint(out: Path, yes: bool, ask) -> tuple[Path, dict]:
+    """``out/last.pt`` when it loads, else the newest intact ``epoch_NNNN.pt`` (offered first);
+    with its contents, read once."""
     from udml_cli.models.checkpoint import load_checkpoint
 
     last = out / "last.pt"
     if not last.is_file() and not any(out.glob("epoch_*.pt")):
         raise UsageError(f"nothing to resume: {last} does not exist")
     try:
-        load_checkpoint(last, training=True)
-        return last
+        return last, load_checkpoint(last, training=True)
     except CheckpointError as damaged:
         problem = str(damaged)
     for candidate in sorted(out.glob("epoch_*.pt"), reverse=True):
         try:
-            load_checkpoint(candidate, training=True)
+            payload = load_checkpoint(candidate, training=True)
         except CheckpointError:
             continue
         if not ask(
@@ -99,5 +99,5 @@ def resume_checkpoint(out: Path, yes: bool, ask) -> Path:
         ):
             raise UsageError("nothing was changed")
         note(f"resuming from {candidate} ({last.name} is damaged)")
-        return candidate
+        return candidate, payload
     raise CheckpointError(f"{problem}; no intact epoch_NNNN.pt to fall back on either")

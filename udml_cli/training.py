@@ -216,9 +216,11 @@ class Trainer:
         )
         return path
 
-    def resume(self, path: Path) -> None:
-        """Load ``path`` after checking it agrees with this run; touches nothing on disk."""
-        payload = load_checkpoint(path, training=True)
+    def resume(self, path: Path, payload: dict | None = None) -> None:
+        """Load ``path`` (``payload``: its contents, when the caller has read them already) after
+        checking it agrees with this run; touches nothing on disk."""
+        if payload is None:
+            payload = load_checkpoint(path, training=True)
         changes = resume_changes(payload["config"], self.cfg, path)
         self._leave_out(set(payload.get("skipped", [])))
         labels = payload["pseudo_labels"].numpy()
@@ -296,11 +298,7 @@ class Trainer:
         x = self.clustered_feature(kind)
         # warm start only from centroids of the same feature (the original, too, starts the
         # first embedding clustering after a pool5 one from k-means++)
-        warm = (
-            s.centroids
-            if c.warm_start and not first and s.cluster_feature == kind
-            else None
-        )
+        warm = s.centroids if c.warm_start and not first and s.cluster_feature == kind else None
         result = kmeans(
             x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
         )
@@ -365,10 +363,14 @@ class Trainer:
         out["loss"] = loss.item()
         return out
 
-    def run(self, resume_from: Path | None = None, evaluate=None) -> Path:
+    def run(
+        self, resume_from: Path | None = None, evaluate=None, payload: dict | None = None
+    ) -> Path:
+        """Train to ``train.epochs``; ``resume_from`` (with ``payload``, its contents if read)
+        continues a run."""
         cfg, t, s = self.cfg, self.cfg.train, self.state
         if resume_from is not None:
-            self.resume(resume_from)  # every check first: a refused resume changes nothing
+            self.resume(resume_from, payload)  # every check first: a refused resume changes nothing
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.toml", cfg.to_toml())
         if resume_from is not None:

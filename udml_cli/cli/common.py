@@ -140,10 +140,9 @@ def progress() -> Progress:
 def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:
     """The common flags as dotted config keys. ``--image-size N`` crops N after resizing the
     shorter side to N·256/227 (the paper's ratio)."""
+    from udml_cli.config import image_size_keys
+
     flags = {"model.backbone": backbone, "model.weights": weights, "engine.device": device}
     if image_size is not None:
-        flags |= {
-            "data.image_size": image_size,
-            "data.resize": max(image_size, round(image_size * 256 / 227)),
-        }
+        flags |= image_size_keys(image_size)
     return flags | dotted

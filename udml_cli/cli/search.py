@@ -56,16 +56,12 @@ def index(
 
 
 def _query_model(idx, device):
-    from udml_cli.cli.common import model_flags
-    from udml_cli.config import load_config
+    """The model an index was built with: the same checkpoint file (checked) or backbone."""
+    from udml_cli.api import load_model
     from udml_cli.errors import UsageError
     from udml_cli.index import file_sha256
-    from udml_cli.inference import load_model
 
     m = idx.model
-    flags = model_flags(m.get("backbone"), m.get("weights"), device, None)
-    flags |= {"data.image_size": m["image_size"], "data.resize": m["resize"]}
-    cfg = load_config(None, None, flags)
     if "checkpoint" in m:
         ckpt = Path(m["checkpoint"])
         if not ckpt.is_file() or file_sha256(ckpt) != m["sha256"]:
@@ -73,8 +69,8 @@ def _query_model(idx, device):
                 f"the index was built with {ckpt}, which is gone or changed since; "
                 "re-run udml index with the checkpoint you want"
             )
-        return load_model(cfg, ckpt, None)[:2]
-    return load_model(cfg, None, m["backbone"])[:2]
+        return load_model(ckpt, image_size=m["image_size"], device=device or "auto")
+    return load_model(None, m["backbone"], m["weights"], m["image_size"], device or "auto")
 
 
 def search(

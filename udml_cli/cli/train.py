@@ -89,17 +89,15 @@ def train(
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
     ensure_writable_dir(out, "--out")
     with RunLock(out):
-        checkpoint = None
+        checkpoint = payload = None
         if resume:
-            checkpoint = resume_checkpoint(out, yes, _confirmed)
-            from udml_cli.models.checkpoint import load_checkpoint
-
+            checkpoint, payload = resume_checkpoint(out, yes, _confirmed)
             # the run's own config (inside the checkpoint) is the base; flags and --set on top
-            saved = load_checkpoint(checkpoint, training=True)["config"]
-            cfg = load_config(config, set_, flags, base=saved)
+            cfg = load_config(config, set_, flags, base=payload["config"])
         ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
         replaced = None
-        if not resume and holds_run(out):
+        replacing = not resume and holds_run(out)
+        if replacing:
             confirm(
                 f"{out} holds a run. Start over and replace it?",
                 yes,
@@ -110,7 +108,7 @@ def train(
         from udml_cli.training import Trainer
 
         trainer = Trainer(cfg, ref, out, engine)  # checks the settings against the data
-        if not resume and holds_run(out):
+        if replacing:
             replaced = ReplacedRun(out)  # the old run moves aside; the new one starts empty
 
         eval_ref = _eval_dataset(cfg, ref)
@@ -121,7 +119,7 @@ def train(
         try:
             with progress() as bar:
                 trainer.progress = bar
-                last = trainer.run(checkpoint, run_eval if eval_ref else None)
+                last = trainer.run(checkpoint, run_eval if eval_ref else None, payload)
         except KeyboardInterrupt:
             if (out / "last.pt").is_file():
                 say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
