@@ -54,18 +54,14 @@ def load_model(
 def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, progress=None,
                 where: str = "images", none_ok: bool = False):  # fmt: skip
     """``(vectors, ok)``: one float32 row per readable file (in order) and which files were."""
-    from udml_cli.data.images import FAILED, FolderDataset, report_unreadable
+    from udml_cli.data.images import FolderDataset
     from udml_cli.data.transforms import eval_transform
-    from udml_cli.engine import extract, resolve_engine
+    from udml_cli.engine import resolve_engine
+    from udml_cli.inference import embed_dataset
 
-    engine = resolve_engine(cfg.engine)
-    model = engine.prepare_model(model).eval()
     dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
-    x, index = extract(model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", progress)
-    ok = index != FAILED
-    bad = [str(files[i]) for i in (~ok).nonzero()[0]]
-    report_unreadable(bad, len(files), strict, where, none_ok)
-    return x[ok].astype(np.float32), ok
+    engine = resolve_engine(cfg.engine)
+    return embed_dataset(model, cfg, dataset, engine, where, progress, strict, none_ok)
 
 
 def embed_folder(folder: str | Path, checkpoint=None, backbone=None, weights="imagenet",

@@ -54,29 +54,42 @@ def model_and_dataset(cfg: Config, checkpoint, backbone, dataset, data_root):
     return model, cfg, resolve_dataset(name, data_root or cfg.data.data_root)
 
 
+def embed_dataset(
+    model, cfg: Config, dataset, engine, where: str, progress=None, strict: bool = False,
+    none_ok: bool = False,
+):  # fmt: skip
+    """``(rows, ok)``: the embeddings of ``dataset``'s readable images (an ``ImageDataset``) and
+    which ones they are; the unreadable ones reported once (``strict``: stop on them)."""
+    from udml_cli.data.images import FAILED, report_unreadable
+    from udml_cli.engine import extract
+
+    model = engine.prepare_model(model).eval()
+    x, index = extract(
+        model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", progress
+    )
+    ok = index != FAILED
+    bad = [str(dataset.paths[i]) for i in (~ok).nonzero()[0]]
+    report_unreadable(bad, len(dataset), strict, where, none_ok)
+    return x[ok], ok
+
+
 def embed_split(
     model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None, kept: list | None = None
 ):
     """``(embeddings, labels)`` of a split's readable images; unreadable ones are skipped with a
     warning (or stop the command under ``data.strict``). ``kept`` receives the samples embedded,
     in row order."""
-    from udml_cli.data.images import FAILED, ImageDataset, report_unreadable
+    from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
     from udml_cli.data.transforms import eval_transform
-    from udml_cli.engine import extract
 
     samples = read_split(ref, split)
     dataset = ImageDataset(samples, eval_transform(cfg.data), size=cfg.data.image_size)
-    model = engine.prepare_model(model).eval()
-    x, index = extract(
-        model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {ref.name}/{split}", progress
-    )
-    ok = index != FAILED
-    bad = [str(samples[i].path) for i in (~ok).nonzero()[0]]
-    report_unreadable(bad, len(samples), cfg.data.strict, f"{ref.name}/{split}")
+    where = f"{ref.name}/{split}"
+    x, ok = embed_dataset(model, cfg, dataset, engine, where, progress, cfg.data.strict)
     if kept is not None:
         kept.extend(s for s, good in zip(samples, ok.tolist(), strict=True) if good)
-    return x[ok], dataset.labels[index[ok]]
+    return x, dataset.labels[ok]
 
 
 def evaluate(model, cfg: Config, ref: DatasetRef, split: str, engine, progress=None) -> dict:

@@ -189,14 +189,12 @@ def index_report(index_dir: Path, threshold: float | None = None) -> str:
 
 
 def run_report(run_dir: Path, engine, sample: int = 300) -> str:
-    import torch
-
-    from udml_cli.data.images import FAILED, ImageDataset
+    from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.data.transforms import eval_transform
-    from udml_cli.engine import extract
     from udml_cli.errors import UsageError
+    from udml_cli.inference import embed_dataset
     from udml_cli.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     last = run_dir / "last.pt"
@@ -225,15 +223,12 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     rng = np.random.default_rng(0)
     pool = [pool[i] for i in sorted(rng.choice(len(pool), min(sample, len(pool)), replace=False))]
     data = ImageDataset(pool, eval_transform(cfg.data), size=cfg.data.image_size)
-    model = engine.prepare_model(model).eval()
-    with torch.no_grad():
-        x, index = extract(model.embed, data, engine, cfg.eval.batch_size)
-    ok = index != FAILED
+    split = "test" if ref.labelled else "train"
+    x, ok = embed_dataset(model, cfg, data, engine, f"{ref.name}/{split} (sample)")
     kept = [pool[i] for i in np.flatnonzero(ok)]
     labels = np.array([s.label for s in kept]) if ref.labelled else None
-    split = "test" if ref.labelled else "train"
     sections.append((
         f"Retrieval on {ref.name}/{split} ({len(kept)} sampled images)",
-        retrieval_grid(x[ok], [s.path for s in kept], labels),
+        retrieval_grid(x, [s.path for s in kept], labels),
     ))  # fmt: skip
     return page(f"udml run: {run_dir}", sections)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from udml_cli.data.layout import Sample, is_image
+from udml_cli.data.layout import UNLABELLED, Sample, is_image
 from udml_cli.errors import DatasetError
 
 FAILED = -1  # the index an extraction dataset returns for an image that could not be decoded
@@ -99,22 +99,12 @@ def list_images(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in folder.glob(pattern) if p.is_file() and is_image(p))
 
 
-class FolderDataset(torch.utils.data.Dataset):
-    """Every file of a folder; an unreadable file yields label -1 so callers can drop and name it."""
+class FolderDataset(ImageDataset):
+    """Every file of a folder, unlabelled (``udml embed``, ``udml index``, queries)."""
 
     def __init__(self, files: list[Path], transform, size: int) -> None:
-        self.files = files
-        self.transform = transform
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(load_rgb(self.files[i])), i
-        except ImageError:
-            return torch.zeros(3, self.size, self.size), FAILED
+        samples = [Sample(Path(f), UNLABELLED, Path(f).name) for f in files]
+        super().__init__(samples, transform, size=size)
 
 
 def report_unreadable(

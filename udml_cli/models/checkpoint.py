@@ -67,6 +67,13 @@ def _check_fields(payload: dict, fields: dict, path: Path, what: str) -> None:
             )
 
 
+def runs_code(error: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused the file for holding Python objects
+    (globals it would have to import: the kind of file that can run code)."""
+    text = str(error)
+    return "Unsupported global" in text or "GLOBAL" in text
+
+
 def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
     """Read and check a udml checkpoint; ``training`` also requires the state to resume from."""
     path = Path(path)
@@ -77,8 +84,7 @@ def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many kinds for foreign or damaged files
-        text = str(e)
-        if "Unsupported global" in text or "GLOBAL" in text:
+        if runs_code(e):
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects other than tensors "
                 "(it could run code); only udml checkpoints are loaded"
