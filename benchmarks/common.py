@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# results/ beside this file; $UDML_BENCH_RESULTS elsewhere (tests run scripts without touching it)
+RESULTS = Path(os.environ.get("UDML_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> str:

@@ -108,3 +108,25 @@ def layout(tmp_path) -> Path:
 
 def real_data_available() -> bool:
     return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file()
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """udml built as a wheel from a copy of this checkout (what `pip install .` installs)."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"  # a copy: building writes build/ into the source tree
+    top = {".git", "build", "runs", "data", "udml.egg-info"}
+
+    def skip(folder, names):
+        return [n for n in names if (folder == str(REPO) and n in top) or n == "__pycache__"]
+
+    shutil.copytree(REPO, src, ignore=skip)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return next(tmp.glob("udml-*.whl"))

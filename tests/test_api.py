@@ -1,5 +1,6 @@
 """The Python API under the CLI: the same results, no terminal needed."""
 
+import json
 import subprocess
 import sys
 
@@ -34,6 +35,20 @@ def test_train_embed_index_search(layout, tmp_path):
     with pytest.raises(UsageError, match="already holds a run"):
         udml.train(out, dataset=str(layout), **TINY)
     assert udml.train(out, resume=True, train={"epochs": 3}) == last
+    # the summary agrees with the records it reads (a plain pass over metrics.jsonl)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = udml.run_summary(out)
+    epochs = [r for r in records if r["event"] == "epoch_summary"]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert summary["epochs"] == 3 and summary["steps"] == records[-1]["step"]
+    assert summary["mean_loss"] == epochs[-1]["mean_loss"]
+    assert summary["start"] == evals[0] and summary["start"]["at"] == "start"
+    assert summary["end"] == evals[-1] and summary["end"]["epoch"] == 3
+    # replacing through the API: the old run goes, the new one starts empty
+    other = tmp_path / "other"
+    udml.train(other, dataset=str(layout), **TINY)
+    udml.train(other, dataset=str(layout), replace=True, **TINY)
+    assert udml.run_summary(other)["epochs"] == 2 and not (tmp_path / ".other.replaced").exists()
     model, cfg = udml.load_model(checkpoint=last)
     assert cfg.train.epochs == 3 and model.dim == 16
     x, paths = udml.embed_folder(layout / "test", checkpoint=last)

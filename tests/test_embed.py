@@ -83,3 +83,34 @@ def test_refuses_binary_to_a_terminal(folder):
         os.close(follower)
         os.close(leader)
     assert proc.returncode == 2 and b"refusing to write binary" in proc.stderr
+
+
+# ---- rows on disk: flat memory for any number of images -----------------------------------------
+@pytest.mark.parametrize("longer_header", [False, True])
+def test_row_file_keeps_the_readable_rows_in_order(tmp_path, monkeypatch, longer_header):
+    from udml_cli import npyfile
+    from udml_cli.inference import compact
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(20_000, 7)).astype(np.float32)
+    keep = rng.random(20_000) > 0.3
+    target = npyfile.RowFile(tmp_path / "v.npy")
+    mapped = target.allocate(20_000, 7)
+    for start in range(0, 20_000, 999):  # batch by batch, as extraction writes them
+        mapped[start : start + 999] = rows[start : start + 999]
+    front = compact(mapped, keep, chunk=1000)
+    assert len(front) == keep.sum()
+    if longer_header:  # force the rewrite path: a valid header 64 bytes longer
+        import struct
+
+        real = npyfile.npy_header
+
+        def longer(count, dim):
+            head = real(count, dim)
+            text = head[10:-1] + b" " * 64 + b"\n"
+            return head[:8] + struct.pack("<H", len(text)) + text
+
+        monkeypatch.setattr(npyfile, "npy_header", longer)
+    del front, mapped
+    target.finish(int(keep.sum()))
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), rows[keep])  # the reference

@@ -162,7 +162,9 @@ def test_checkpoint_with_header_but_no_config(layout, tmp_path):
 def test_hostile_weights_file_is_one_line_without_unsafe_advice(layout, tmp_path):
     evil = tmp_path / "weights.pth"
     evil.write_bytes(b"\x80\x04cos\nsystem\n(S'touch pwned'\ntR.")
-    proc = udml("eval", "--backbone", "resnet18", "--weights", evil, "--dataset", layout, cwd=tmp_path)
+    proc = udml(
+        "eval", "--backbone", "resnet18", "--weights", evil, "--dataset", layout, cwd=tmp_path
+    )
     line = refused(proc, "cannot load weights for resnet18")
     assert "weights_only" not in proc.stderr.decode() and not (tmp_path / "pwned").exists()
     text = tmp_path / "notes.pth"
@@ -227,7 +229,9 @@ def test_failed_resume_changes_nothing(run, tmp_path):
 
 
 def test_resume_after_the_data_changed(run, layout):
-    (layout / "train.txt").write_text("".join((layout / "train.txt").read_text().splitlines(True)[:40]))
+    (layout / "train.txt").write_text(
+        "".join((layout / "train.txt").read_text().splitlines(True)[:40])
+    )
     before = snapshot(run)
     refused(udml("train", "--out", run, "--resume", "--epochs", "3"), "the dataset changed")
     assert snapshot(run) == before
@@ -259,7 +263,14 @@ def test_replacing_a_run_that_then_fails_keeps_the_old_one(layout, run):
     assert snapshot(run) == before
 
 
-def test_damaged_last_checkpoint_offers_the_newest_intact_one(run):
+def test_damaged_last_checkpoint_offers_the_newest_intact_one(run, layout, tmp_path):
+    good = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(good[: len(good) // 3])
+    # slim epoch files (the default) hold no state to resume from: said, not attempted
+    refused(udml("train", "--out", run, "--resume", "--yes"), "train.full_epoch_checkpoints")
+    run = tmp_path / "full"
+    ok(udml("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "2",
+            "--set", "train.full_epoch_checkpoints=true"))  # fmt: skip
     good = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(good[: len(good) // 3])
     refused(udml("train", "--out", run, "--resume", "--epochs", "3"), "epoch_0002.pt")
@@ -273,12 +284,16 @@ def test_prepare_replaces_only_what_udml_wrote(tmp_path):
     mine = tmp_path / "mine"
     (mine / "thesis").mkdir(parents=True)
     (mine / "thesis" / "chapter1.tex").write_text("years of work")
-    proc = udml("dataset", "prepare", "folder", "--source", source / "train", "--out", mine, "--yes")
+    proc = udml(
+        "dataset", "prepare", "folder", "--source", source / "train", "--out", mine, "--yes"
+    )
     refused(proc, "folder udml did not prepare")
     assert (mine / "thesis" / "chapter1.tex").read_text() == "years of work"
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
-    proc = udml("dataset", "prepare", "folder", "--source", source / "train", "--out", a_file, "--yes")
+    proc = udml(
+        "dataset", "prepare", "folder", "--source", source / "train", "--out", a_file, "--yes"
+    )
     refused(proc, "is a file")
     assert a_file.read_text() == "keep me" and not (tmp_path / ".notes.txt.old").exists()
     prepared = tmp_path / "prepared"
@@ -314,3 +329,20 @@ def test_user_text_is_never_read_as_markup(tmp_path):
     assert line.count("[bold]") == 1
     nl = tmp_path / "two\nlines"
     refused(udml("dataset", "check", nl), "two\\nlines")
+
+
+def test_interrupted_embed_leaves_no_partial_file(layout, run, tmp_path):
+    target = tmp_path / "out" / "v.npy"
+    target.parent.mkdir()
+    patch = (
+        "import udml_cli.npyfile as f\n"
+        "real = f.RowFile.allocate\n"
+        "def allocate(self, n, dim):\n"
+        "    rows = real(self, n, dim)\n"
+        "    raise KeyboardInterrupt\n"
+        "f.RowFile.allocate = allocate\n"
+    )
+    proc = udml("embed", layout / "test" / "c06", "--checkpoint", run / "last.pt", "-o", target,
+                patch=patch)  # fmt: skip
+    assert proc.returncode == 130 and b"Traceback" not in proc.stderr
+    assert list(target.parent.iterdir()) == []

@@ -68,7 +68,9 @@ def test_a_folder_of_photos_end_to_end(cli, photos, tmp_path):
     r = cli("dataset", "add", "photos", photos)
     assert r.code == 0 and "images layout" in r.err, r.err
     r = cli("dataset", "check", "photos", "--json")
-    assert json.loads(r.out)["splits"]["train"]["images"] == 33 and not json.loads(r.out)["labelled"]
+    assert (
+        json.loads(r.out)["splits"]["train"]["images"] == 33 and not json.loads(r.out)["labelled"]
+    )
 
     run = tmp_path / "run"
     r = cli("train", "--dataset", "photos", "--out", run, *FAST, "--epochs", "2")
@@ -144,7 +146,11 @@ def test_index_search_and_duplicates_match_brute_force():
     pairs = {(i, j) for i in range(300) for j in range(i + 1, 300) if x[i] @ x[j] >= 0.95}
     groups = duplicate_groups(x, 0.95)
     assert sorted(len(g) for g, _ in groups) == [2] * 9 + [3]
-    assert {(g[0], g[1]) for g, _ in groups if len(g) == 2} | {(0, 200), (0, 210), (200, 210)} >= pairs
+    assert {(g[0], g[1]) for g, _ in groups if len(g) == 2} | {
+        (0, 200),
+        (0, 210),
+        (200, 210),
+    } >= pairs
     assert groups[0][0] == [0, 200, 210] and groups[0][1] >= 0.95
 
 

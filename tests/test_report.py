@@ -87,7 +87,10 @@ def test_search_and_duplicates_write_galleries(cli, layout, tmp_path):
     idx = tmp_path / "idx"
     assert cli("index", folder, "--checkpoint", run / "last.pt", "--out", idx).code == 0
     hits, groups = tmp_path / "hits.html", tmp_path / "groups.html"
-    assert cli("search", folder / "c06" / "0.png", "--index", idx, "--k", "3", "--html", hits).code == 0
+    assert (
+        cli("search", folder / "c06" / "0.png", "--index", idx, "--k", "3", "--html", hits).code
+        == 0
+    )
     assert cli("duplicates", "--index", idx, "--threshold", "0.5", "--html", groups).code == 0
     assert len(_images(hits.read_text())) == 4  # the query and its 3 neighbours
     assert len(_images(groups.read_text())) >= 2

@@ -18,10 +18,27 @@ def test_train_writes_run_and_eval_reads_it(cli, layout, tmp_path):
     assert r.code == 0, r.err
     names = {p.name for p in out.iterdir()}
     assert {"config.toml", "metrics.jsonl", "last.pt", "epoch_0002.pt", "epoch_0004.pt"} <= names
+    # epoch files hold what eval/embed need, last.pt the full state to resume from
+    slim = torch.load(out / "epoch_0004.pt", weights_only=True)
+    full = torch.load(out / "last.pt", weights_only=True)
+    assert "optimizer" not in slim and "pseudo_labels" not in slim and "optimizer" in full
+    for key in full["model"]:
+        torch.testing.assert_close(slim["model"][key], full["model"][key], rtol=0, atol=0)
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds.count("cluster") == 2  # initial + re-clustering at epoch 2
-    assert kinds.count("eval") == 2 and "step" in kinds
+    # the start (step 0), every eval_step epochs, and the end
+    assert [(e["at"], e["epoch"]) for e in events if e["event"] == "eval"] == [
+        ("start", 0),
+        ("epoch", 2),
+        ("end", 4),
+    ] and "step" in kinds
+    # the closing summary: where, how long, the loss, the scores against the start in percent
+    end = next(e for e in events if e.get("at") == "end")
+    start = next(e for e in events if e.get("at") == "start")
+    change = 100 * (end["recall_at"]["1"] - start["recall_at"]["1"])
+    assert "done: " in r.err and "after 4 epochs, 4 steps" in r.err and "start vs end" in r.err
+    assert f"{change:+.2f}" in r.err
     steps = [e["step"] for e in events if e["event"] == "step"]
     per_epoch = 1  # 6 clusters x 2 instances // batch 8 (the official epoch), logged every step
     assert steps == list(range(1, 4 * per_epoch + 1))  # every step once, none lost or repeated
@@ -187,7 +204,8 @@ def test_freeze_backbone_keeps_the_early_layers_fixed(cli, layout, tmp_path):
 
 def test_epoch_summaries_and_no_repeated_steps_after_an_older_checkpoint(cli, layout, tmp_path):
     out = tmp_path / "run"
-    extra = ["--epochs", "3", "--set", "train.save_step=1", "--set", "train.iters_per_epoch=2"]
+    extra = ["--epochs", "3", "--set", "train.save_step=1", "--set", "train.iters_per_epoch=2",
+             "--set", "train.full_epoch_checkpoints=true"]  # fmt: skip
     assert _train(cli, layout, out, *extra).code == 0
     good = (out / "last.pt").read_bytes()
     (out / "last.pt").write_bytes(good[:100])  # damaged: resume falls back to epoch_0003.pt

@@ -1,15 +1,16 @@
 """udml: unsupervised deep metric learning (UDML-SS) from the command line and from Python.
 
 The Python API (``udml_cli.api``), imported lazily so ``udml --help`` stays fast:
-``settings``, ``train``, ``load_model``, ``embed_folder``, ``build_index``, ``Index``,
-``duplicate_groups``.
+``settings``, ``train``, ``run_summary``, ``load_model``, ``embed_folder``, ``embed_files``,
+``build_index``, ``Index``, ``duplicate_groups``.
 """
 
 __version__ = "0.1.0"
 
 _API = {
     "settings": "udml_cli.api", "train": "udml_cli.api", "load_model": "udml_cli.api",
-    "embed_folder": "udml_cli.api", "build_index": "udml_cli.api",
+    "embed_folder": "udml_cli.api", "embed_files": "udml_cli.api", "build_index": "udml_cli.api",
+    "run_summary": "udml_cli.api",
     "Index": "udml_cli.index", "duplicate_groups": "udml_cli.index",
 }  # fmt: skip
 __all__ = ["__version__", *_API]

@@ -27,7 +27,9 @@ def settings(config: Config | str | Path | None = None, **sections: dict[str, An
     ``sections`` (``train={"lr": 1e-4}``; every key validated as on the command line)."""
     base = config.model_dump(mode="json") if isinstance(config, Config) else None
     path = None if isinstance(config, Config) else config
-    overrides = {f"{sec}.{key}": value for sec, values in sections.items() for key, value in values.items()}
+    overrides = {
+        f"{sec}.{key}": value for sec, values in sections.items() for key, value in values.items()
+    }
     return load_config(path, None, overrides, base=base)
 
 
@@ -52,8 +54,9 @@ def load_model(
 
 
 def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, progress=None,
-                where: str = "images", none_ok: bool = False):  # fmt: skip
-    """``(vectors, ok)``: one float32 row per readable file (in order) and which files were."""
+                where: str = "images", none_ok: bool = False, allocate=None):  # fmt: skip
+    """``(vectors, ok)``: one float32 row per readable file (in order) and which files were.
+    ``allocate(n, dim)`` puts the rows somewhere else than memory (``npyfile.RowFile``)."""
     from udml_cli.data.images import FolderDataset
     from udml_cli.data.transforms import eval_transform
     from udml_cli.engine import resolve_engine
@@ -61,7 +64,7 @@ def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, pro
 
     dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
     engine = resolve_engine(cfg.engine)
-    return embed_dataset(model, cfg, dataset, engine, where, progress, strict, none_ok)
+    return embed_dataset(model, cfg, dataset, engine, where, progress, strict, none_ok, allocate)
 
 
 def embed_folder(folder: str | Path, checkpoint=None, backbone=None, weights="imagenet",
@@ -83,34 +86,126 @@ def embed_folder(folder: str | Path, checkpoint=None, backbone=None, weights="im
 
 
 def train(out: str | Path, config: Config | str | Path | None = None, dataset: str | None = None,
-          resume: bool = False, progress=None, **sections) -> Path:  # fmt: skip
-    """Train (or ``resume``) into the run folder ``out``; returns the last checkpoint. Refuses to
-    replace an existing run (the CLI asks first, then moves it aside)."""
+          resume: bool = False, progress=None, *, replace: bool = False, ask=None,
+          set_values: list[str] | None = None, flags: dict[str, Any] | None = None,
+          **sections) -> Path:  # fmt: skip
+    """Train (or ``resume``) into the run folder ``out``; returns the last checkpoint.
+
+    The whole ``udml train`` flow: the run folder is locked against a second writer; an existing
+    run is refused, or with ``replace=True`` moved aside (and put back if the new run stops
+    before its first checkpoint); a damaged ``last.pt`` falls back to the newest intact epoch
+    file only when ``ask(question, refuse)`` says yes (no ``ask``: refused). Where a labelled
+    split exists (the data's own test split or ``data.eval_dataset``), the network is evaluated
+    at the start and the end (``train.final_eval``) and every ``train.eval_step`` epochs; the
+    scores go to metrics.jsonl (``run_summary`` reads them back).
+    ``set_values`` (``"section.key=value"``) and ``flags`` (dotted keys, ``None`` = unset) are
+    the CLI's spellings of ``sections``."""
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
-    from udml_cli.models.checkpoint import load_checkpoint
-    from udml_cli.runs import RunLock, holds_run
+    from udml_cli.fileio import ensure_writable_dir
+    from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
     from udml_cli.training import Trainer
 
     out = Path(out).expanduser()
+    dotted = dict(flags or {})
     if dataset is not None:
-        sections.setdefault("data", {})["dataset"] = dataset
+        dotted["data.dataset"] = dataset
+    dotted |= {
+        f"{sec}.{key}": value for sec, values in sections.items() for key, value in values.items()
+    }
+    base = config.model_dump(mode="json") if isinstance(config, Config) else None
+    path = None if isinstance(config, Config) else config
+    if resume and not out.is_dir():
+        raise UsageError(f"nothing to resume: {out} is not a run folder")
+    ensure_writable_dir(out, "--out")
+
+    def asked(question: str, refuse: str) -> None:
+        if ask is None or not ask(question, refuse):
+            raise UsageError(refuse)
+
     with RunLock(out):
-        checkpoint = out / "last.pt" if resume else None
-        payload = load_checkpoint(checkpoint, training=True) if resume else None
+        checkpoint = payload = None
         if resume:
-            saved = payload["config"]
-            cfg = settings(Config.model_validate(saved) if config is None else config, **sections)
+            checkpoint, payload = resume_checkpoint(out, asked)
+            # the run's own config is the base; the given config, --set and flags on top
+            cfg = load_config(path, set_values, dotted, base=base or payload["config"])
         else:
-            cfg = settings(config, **sections)
-            if holds_run(out):
-                raise UsageError(f"{out} already holds a run; resume it or choose another folder")
+            cfg = load_config(path, set_values, dotted, base=base)
         if cfg.data.dataset is None:
-            raise UsageError("no dataset: pass dataset=NAME")
+            raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
         ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
-        trainer = Trainer(cfg, ref, out, resolve_engine(cfg.engine), progress)
-        return trainer.run(checkpoint, payload=payload)
+        replacing = not resume and holds_run(out)
+        if replacing and not replace:
+            asked(
+                f"{out} holds a run. Start over and replace it?",
+                f"{out} already holds a run; use --resume to continue it or --yes to start over",
+            )
+        engine = resolve_engine(cfg.engine)
+        trainer = Trainer(cfg, ref, out, engine, progress)  # checks the settings against the data
+        scorer = _scorer(cfg, ref, engine, progress)
+        replaced = ReplacedRun(out) if replacing else None  # the new run starts empty
+        try:
+            return trainer.run(checkpoint, scorer, payload)
+        finally:
+            if replaced is not None:
+                if (out / "last.pt").is_file():
+                    replaced.commit()
+                else:  # the new run left nothing worth keeping: the old one comes back
+                    replaced.rollback()
+
+
+def _scorer(cfg: Config, ref, engine, progress):
+    """What training evaluates on: ``data.eval_dataset``, else the training data's own test
+    split; an unlabelled collection alone has nothing to score against (``None``)."""
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.errors import UsageError, note
+    from udml_cli.inference import evaluate
+
+    if cfg.data.eval_dataset:
+        eval_ref = resolve_dataset(cfg.data.eval_dataset, cfg.data.data_root)
+        if not eval_ref.labelled:
+            raise UsageError(
+                f"--eval-dataset {cfg.data.eval_dataset} is an unlabelled collection: evaluation "
+                "needs a labelled test split"
+            )
+    elif ref.labelled:
+        eval_ref = ref
+    else:
+        if cfg.train.eval_step or cfg.train.final_eval:
+            note("no labelled data to evaluate on: no scores this run (--eval-dataset NAME)")
+        return None
+
+    def score(model) -> dict:
+        return evaluate(model, cfg, eval_ref, cfg.eval.split, engine, progress)
+
+    return score
+
+
+def run_summary(out: str | Path) -> dict:
+    """What a run's metrics.jsonl says at the end: epochs, steps, training seconds, the last
+    epoch's mean loss, the last step's loss parts, and the first and last evaluation."""
+    import json
+
+    records = []
+    log = Path(out) / "metrics.jsonl"
+    if log.is_file():
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    epochs = [r for r in records if r["event"] == "epoch_summary"]
+    steps = [r for r in records if r["event"] == "step"]
+    evals = [r for r in records if r["event"] == "eval"]
+    last_step = steps[-1] if steps else {}
+    return {
+        "epochs": epochs[-1]["completed"] if epochs else 0,
+        "steps": records[-1]["step"] if records else 0,
+        "seconds": round(sum(r["seconds"] for r in epochs), 1),
+        "mean_loss": epochs[-1]["mean_loss"] if epochs else None,
+        "last_step": {
+            k: last_step[k] for k in ("loss", "weight_loss", "rot_loss") if k in last_step
+        },
+        "start": evals[0] if evals and evals[0]["step"] == 0 else None,
+        "end": evals[-1] if evals and evals[-1]["step"] > 0 else None,
+    }
 
 
 def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=None,

@@ -127,6 +127,14 @@ class TrainConfig(_Section):
         0, ge=0, le=BIG, description="evaluate on the test split every N epochs (0: off)"
     )
     log_every: int = Field(10, ge=1, le=BIG, description="write metrics.jsonl every N iterations")
+    final_eval: bool = Field(
+        True, description="evaluate the start and the end on a labelled test split, if any"
+    )
+    full_epoch_checkpoints: bool = Field(
+        False,
+        description="epoch_NNNN.pt files keep the optimiser and cluster state too (last.pt always "
+        "does); off, they hold what eval/embed need",
+    )
     seed: int = SEED
 
     @model_validator(mode="after")
@@ -156,6 +164,11 @@ class EngineConfig(_Section):
     )
     workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes (0: load in the main process)"
+    )
+    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto",
+        description="CPU threads for the network's math (torch intra-op); auto: the cores left "
+        "after the DataLoader workers while training, all cores while extracting",
     )
     channels_last: bool | Literal["auto"] = "auto"
     deterministic: bool = Field(False, description="deterministic torch algorithms")

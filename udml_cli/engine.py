@@ -27,6 +27,21 @@ class Engine:
     rank: int = 0
     world_size: int = 1
     extract_workers: int = 0  # DataLoader workers for no-grad extraction
+    threads: int = 0  # torch intra-op threads while training (0: leave torch's choice)
+    extract_threads: int = 0  # … while extracting
+
+    @contextlib.contextmanager
+    def using_threads(self, n: int):
+        """torch's intra-op threads set to ``n`` inside the block (0: unchanged)."""
+        if not n or self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     @property
     def is_main(self) -> bool:
@@ -50,13 +65,17 @@ class Engine:
         return model
 
     def loader(self, dataset, batch_size: int):
-        """Sequential batches for extraction."""
-        return torch.utils.data.DataLoader(
+        """Sequential batches for extraction. Without worker processes, one thread decodes the
+        next batch while the model runs on this one (PIL and torch release the GIL)."""
+        loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.extract_workers,
             pin_memory=self.device.type == "cuda",
         )
+        if self.extract_workers == 0 and os.environ.get("UDML_PREFETCH", "1") == "1":
+            return _prefetched(loader)
+        return loader
 
     def batch_loader(self, dataset, batch_sampler):
         """A DataLoader over precomputed batches (lists of dataset keys)."""
@@ -66,6 +85,56 @@ class Engine:
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
+
+
+def _prefetched(loader, depth: int = 2):
+    """Iterate ``loader`` in a background thread, ``depth`` batches ahead; its exceptions are
+    re-raised here, in order; a consumer that stops early stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def fill() -> None:
+        if os.environ.get("UDML_PREFETCH_NICE"):
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(
+                    os.PRIO_PROCESS,
+                    threading.get_native_id(),
+                    int(os.environ["UDML_PREFETCH_NICE"]),
+                )
+        try:
+            for item in loader:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, end))
+        except BaseException as e:  # handed to the consumer
+            q.put((e, None))
+
+    thread = threading.Thread(target=fill, daemon=True, name="udml-prefetch")
+    thread.start()
+    try:
+        while True:
+            error, item = q.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _device(name: str) -> torch.device:
@@ -98,12 +167,22 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
         extract_workers = 0 if (cpus or 1) <= 2 else workers
     else:
         workers = extract_workers = cfg.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if cfg.threads == "auto":
+        # measured in benchmarks/threads.py: OpenMP threads that outnumber the free cores spin
+        # against the DataLoader worker (and any other busy process)
+        threads, extract_threads = max(1, cores - workers), max(1, cores - extract_workers)
+    else:
+        threads = extract_threads = cfg.threads
     channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    return Engine(device, amp, workers, channels_last, rank, world, extract_workers)
+    return Engine(
+        device, amp, workers, channels_last, rank, world, extract_workers, threads, extract_threads
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -120,19 +199,34 @@ def extract(
     batch_size: int,
     description: str = "embedding",
     progress=None,
+    allocate=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stream ``dataset`` (yielding ``(image, key)``: an index, ``FAILED`` for an unreadable
-    image) through ``forward``; float32 rows and the keys, in dataset order."""
+    image) through ``forward``; float32 rows and the keys, in dataset order. ``allocate(n, dim)``
+    (e.g. a memory-mapped .npy) receives the rows batch by batch, so memory stays flat."""
+    with engine.using_threads(engine.extract_threads):
+        return _extract(forward, dataset, engine, batch_size, description, progress, allocate)
+
+
+def _extract(forward, dataset, engine, batch_size, description, progress, allocate):
     loader = engine.loader(dataset, batch_size)
     task = progress.add_task(description, total=len(dataset)) if progress else None
-    feats, labels = [], []
+    rows = None
+    feats, labels, at = [], [], 0
     for images, target in loader:
         with engine.autocast():
-            out = forward(engine.to_device(images))
-        feats.append(out.float().cpu())
+            out = forward(engine.to_device(images)).float().cpu().numpy()
+        if allocate is not None:
+            if rows is None:
+                rows = allocate(len(dataset), out.shape[1])
+            rows[at : at + len(out)] = out
+        else:
+            feats.append(out)
+        at += len(out)
         labels.append(torch.as_tensor(target))
         if progress:
             progress.advance(task, len(images))
-    if not feats:
+    if not labels:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)
+    keys = torch.cat(labels).numpy().astype(np.int64)
+    return (rows if allocate is not None else np.concatenate(feats)), keys

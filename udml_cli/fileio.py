@@ -64,8 +64,9 @@ def _check_parent(path: Path, what: str, folder: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success rename it over ``path``, on error delete it."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp file beside ``path`` (empty, the umask's mode) to write by any means; on success
+    it is synced and renamed over ``path``, on error deleted."""
     path = Path(path)
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise UsageError(f"{path} is not a regular file (a folder, device or pipe); refusing it")
@@ -74,10 +75,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.close(fd)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
@@ -86,6 +90,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside ``path``; on success rename it over ``path``, on error delete it."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
 
 
 def _remove(tmp: str | None) -> None:

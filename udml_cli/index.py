@@ -195,13 +195,12 @@ def duplicate_groups(
 
 
 def folder_files(folder: Path) -> list[tuple[str, int, int, Path]]:
-    from udml_cli.data.layout import image_files
+    from udml_cli.data.layout import scan_images
 
-    out = []
-    for p in image_files(folder):
-        st = p.stat()
-        out.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, p))
-    return out
+    return [
+        (p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, p)
+        for p, st in scan_images(folder)
+    ]
 
 
 def plan_update(old: Index | None, folder: Path, model: dict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from udml_cli.config import Config
 from udml_cli.data.registry import DatasetRef
 from udml_cli.errors import UsageError
@@ -56,21 +58,36 @@ def model_and_dataset(cfg: Config, checkpoint, backbone, dataset, data_root):
 
 def embed_dataset(
     model, cfg: Config, dataset, engine, where: str, progress=None, strict: bool = False,
-    none_ok: bool = False,
+    none_ok: bool = False, allocate=None,
 ):  # fmt: skip
     """``(rows, ok)``: the embeddings of ``dataset``'s readable images (an ``ImageDataset``) and
-    which ones they are; the unreadable ones reported once (``strict``: stop on them)."""
+    which ones they are; the unreadable ones reported once (``strict``: stop on them).
+    ``allocate(n, dim)``: where the rows go (a memory-mapped file); the readable rows are then
+    moved to its front in place and ``rows`` is the leading part."""
     from udml_cli.data.images import FAILED, report_unreadable
     from udml_cli.engine import extract
 
     model = engine.prepare_model(model).eval()
     x, index = extract(
-        model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", progress
-    )
+        model.embed, dataset, engine, cfg.eval.batch_size, f"embedding {where}", progress,
+        allocate,
+    )  # fmt: skip
     ok = index != FAILED
     bad = [str(dataset.paths[i]) for i in (~ok).nonzero()[0]]
     report_unreadable(bad, len(dataset), strict, where, none_ok)
-    return x[ok], ok
+    return compact(x, ok), ok
+
+
+def compact(x: np.ndarray, keep: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``x[keep]`` made in place, ``chunk`` rows at a time (no copy of a memory-mapped ``x``)."""
+    if len(x) == 0 or keep.all():
+        return x
+    at = 0
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk][keep[start : start + chunk]]  # a copy: safe to overlap
+        x[at : at + len(block)] = block
+        at += len(block)
+    return x[:at]
 
 
 def embed_split(

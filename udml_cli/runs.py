@@ -74,9 +74,9 @@ def holds_run(out: Path) -> bool:
     return out.is_dir() and any(out.glob("*.pt"))
 
 
-def resume_checkpoint(out: Path, yes: bool, ask) -> tuple[Path, dict]:
-    """``out/last.pt`` when it loads, else the newest intact ``epoch_NNNN.pt`` (offered first);
-    with its contents, read once."""
+def resume_checkpoint(out: Path, ask) -> tuple[Path, dict]:
+    """``out/last.pt`` when it loads, else the newest intact full ``epoch_NNNN.pt`` once
+    ``ask(question, refuse)`` agrees (it raises to refuse); with its contents, read once."""
     from udml_cli.models.checkpoint import load_checkpoint
 
     last = out / "last.pt"
@@ -91,13 +91,13 @@ def resume_checkpoint(out: Path, yes: bool, ask) -> tuple[Path, dict]:
             payload = load_checkpoint(candidate, training=True)
         except CheckpointError:
             continue
-        if not ask(
+        ask(
             f"{problem}. Resume from {candidate.name}, the newest intact checkpoint?",
-            yes,
-            f"{problem}; the newest intact checkpoint is {candidate}: pass --yes to resume "
-            "from it",
-        ):
-            raise UsageError("nothing was changed")
+            f"{problem}; the newest intact checkpoint is {candidate}: pass --yes to resume from it",
+        )
         note(f"resuming from {candidate} ({last.name} is damaged)")
         return candidate, payload
-    raise CheckpointError(f"{problem}; no intact epoch_NNNN.pt to fall back on either")
+    raise CheckpointError(
+        f"{problem}; no intact full epoch_NNNN.pt to fall back on either (epoch files hold the "
+        "weights only unless train.full_epoch_checkpoints = true)"
+    )

@@ -85,7 +85,8 @@ def validate(cfg: Config, n_train: int) -> None:
 # to the restored optimiser. Anything else would make a different run: refused, naming the keys.
 _FREE_ON_RESUME = {
     "train.epochs", "train.save_step", "train.eval_step", "train.log_every", "data.data_root",
-    "data.cache", "data.strict", "data.eval_dataset",
+    "data.cache", "data.strict", "data.eval_dataset", "train.final_eval",
+    "train.full_epoch_checkpoints",
 }  # fmt: skip
 _REAPPLIED = {"train.lr", "train.head_lr", "train.rot_lr", "train.weight_decay"}
 
@@ -102,7 +103,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def resume_changes(saved: dict, cfg: Config, path: Path) -> dict:
     """``{key: (old, new)}`` for the re-applied keys that changed; refuse other changes."""
-    old = _flat(saved)
+    defaults = _flat(Config().model_dump(mode="json"))  # keys newer than the checkpoint
+    old = defaults | _flat(saved)
     new = _flat(cfg.model_dump(mode="json"))
     changed = {
         k: (old.get(k), new.get(k))
@@ -196,24 +198,22 @@ class Trainer:
         record = {"event": event, "epoch": self.state.epoch, "step": self.state.step, **fields}
         append_line(self.log_path, json.dumps(record))
 
-    def save(self, name: str) -> Path:
+    def save(self, name: str, full: bool = True) -> Path:
+        """A checkpoint; ``full=False`` keeps what eval/embed need (weights, config, position),
+        not the optimiser and cluster state a resume needs (3× smaller with Adam)."""
         s = self.state
         path = self.out / name
-        save_checkpoint(
-            path,
-            self.model,
-            self.cfg,
-            self.ref.spec or self.ref.name,
-            epoch=s.epoch,
-            iteration=s.iteration,
-            step=s.step,
-            optimizer=self.optimizer.state_dict(),
-            pseudo_labels=torch.from_numpy(s.pseudo_labels),
-            centroids=torch.from_numpy(s.centroids),
-            clustered_at=s.clustered_at,
-            cluster_feature=s.cluster_feature,
-            skipped=list(self.skipped),
-        )
+        state: dict = {"epoch": s.epoch, "iteration": s.iteration, "step": s.step}
+        if full:
+            state |= {
+                "optimizer": self.optimizer.state_dict(),
+                "pseudo_labels": torch.from_numpy(s.pseudo_labels),
+                "centroids": torch.from_numpy(s.centroids),
+                "clustered_at": s.clustered_at,
+                "cluster_feature": s.cluster_feature,
+                "skipped": list(self.skipped),
+            }
+        save_checkpoint(path, self.model, self.cfg, self.ref.spec or self.ref.name, **state)
         return path
 
     def resume(self, path: Path, payload: dict | None = None) -> None:
@@ -379,6 +379,8 @@ class Trainer:
         else:
             self.log_path.write_text("")
             self.recluster(first=True)
+            if evaluate is not None and t.final_eval:
+                self.log("eval", at="start", **evaluate(self.model))
         sampler = PKSampler(s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch)
         total = t.epochs * len(sampler)
         done = s.epoch * len(sampler) + s.iteration
@@ -399,10 +401,13 @@ class Trainer:
                 self.run_epoch(sampler, task)
                 s.epoch, s.iteration = s.epoch + 1, 0
                 if s.epoch % t.save_step == 0 or s.epoch == t.epochs:
-                    self.save(f"epoch_{s.epoch:04d}.pt")
+                    self.save(f"epoch_{s.epoch:04d}.pt", full=t.full_epoch_checkpoints)
                     self.save("last.pt")
-                if evaluate is not None and t.eval_step and s.epoch % t.eval_step == 0:
-                    self.log("eval", **evaluate(self.model))
+                periodic = t.eval_step and s.epoch % t.eval_step == 0
+                final = t.final_eval and s.epoch == t.epochs
+                if evaluate is not None and (periodic or final):
+                    at = "end" if s.epoch == t.epochs else "epoch"
+                    self.log("eval", at=at, **evaluate(self.model))
         except KeyboardInterrupt:
             if s.pseudo_labels is not None:  # nothing worth keeping before the first clustering
                 self.save("last.pt")
@@ -421,6 +426,11 @@ class Trainer:
         self.augmented.labels = s.pseudo_labels
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
+        with self.engine.using_threads(self.engine.threads):
+            self._batches(loader, sampler, task, base)
+
+    def _batches(self, loader, sampler: PKSampler, task, base: int) -> None:
+        cfg, s = self.cfg, self.state
         tick, images_seen, losses = time.perf_counter(), 0, []
         for images, labels in loader:
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
@@ -448,10 +458,19 @@ class Trainer:
 
     def _describe(self, parts: dict, rate: float, per_epoch: int) -> str:
         s, t = self.state, self.cfg.train
-        epochs_to_go = t.up_step - s.epoch % t.up_step
-        next_cluster = (epochs_to_go - 1) * per_epoch + (per_epoch - s.iteration)
         rot = f" rot {parts['rot_loss']:.3f}" if "rot_loss" in parts else ""
-        return (
+        text = (
             f"epoch {s.epoch + 1}/{t.epochs} loss {parts['loss']:.3f} (weight "
-            f"{parts['weight_loss']:.3f}{rot}) {rate:.0f} img/s, re-cluster in {next_cluster} it"
+            f"{parts['weight_loss']:.3f}{rot}) {rate:.0f} img/s"
         )
+        return text + recluster_note(s.epoch, s.iteration, per_epoch, t.up_step, t.epochs)
+
+
+def recluster_note(epoch: int, iteration: int, per_epoch: int, up_step: int, epochs: int) -> str:
+    """``", re-cluster in N it"`` while in epoch ``epoch`` (0-based) after ``iteration`` of its
+    ``per_epoch`` batches: N batches remain before the next re-clustering, which runs at the start
+    of the next epoch divisible by ``up_step``; nothing once the run ends before it."""
+    due = (epoch // up_step + 1) * up_step
+    if due >= epochs:
+        return ""
+    return f", re-cluster in {(due - epoch - 1) * per_epoch + per_epoch - iteration} it"

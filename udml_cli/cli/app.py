@@ -10,12 +10,13 @@ import typer
 from udml_cli import __version__
 from udml_cli.cli import cluster, config_cmd, dataset, embed, evaluate, report, search, train
 from udml_cli.cli.common import say, set_data_stream
+from udml_cli.cli.help import UdmlTyper
 from udml_cli.errors import UdmlError, describe_os_error
 
 INTERNAL = 70  # EX_SOFTWARE: a bug in udml, not the user's mistake
 
 
-class _App(typer.Typer):
+class _App(UdmlTyper):
     """The one error boundary: every failure becomes one ``error:`` line on stderr with an exit
     code, never a traceback (``UDML_DEBUG=1`` shows the traceback of unexpected ones)."""
 
@@ -48,10 +49,6 @@ class _App(typer.Typer):
 
 app = _App(
     name="udml",
-    help="Unsupervised deep metric learning (UDML-SS): cluster, train, evaluate, embed.\n\n"
-    "Start here: udml train --dataset ~/photos --config photos --out runs/photos (no labels "
-    "needed) · udml index ~/photos --checkpoint runs/photos/last.pt --out idx · udml report idx "
-    "· udml templates (paper recipes and CPU demos for --config NAME).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -113,9 +110,9 @@ def _root(
 
     \b
     Start here:
-      udml train --dataset ~/photos --config photos --out runs/photos   (no labels needed)
-      udml index ~/photos --checkpoint runs/photos/last.pt --out idx && udml report idx
-      udml templates   (the paper recipes and CPU demos to pass as --config NAME)
+      udml train --dataset ~/photos --config photos --out runs/photos
+      udml index ~/photos --checkpoint runs/photos/last.pt --out idx
+      udml report idx --out report.html     (udml templates: more --config)
 
     Human messages and progress go to stderr; stdout carries data only (--json, embed).
     """

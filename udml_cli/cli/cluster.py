@@ -39,7 +39,7 @@ def cluster(
     split: Annotated[str, typer.Option(help="train or test.")] = "train",
     write_labels: Annotated[
         Path | None,
-        typer.Option(help="Write pseudo-labels as '<path> <cluster>' lines (train.txt format)."),
+        typer.Option(help="Write pseudo-labels as 'PATH CLUSTER' lines (the train.txt format)."),
     ] = None,
     assignments: Annotated[
         Path | None,

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from udml_cli.errors import UsageError
@@ -53,6 +54,7 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 def say(label: str, style: str, message: str) -> None:
     """``label: message`` on stderr, on one line, the label styled."""
     console.print(styled((label, style), " ", one_line(message)), soft_wrap=True)
+
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML run config (see templates/).")
@@ -125,16 +127,106 @@ def emit_json(obj: Any) -> None:
     out.flush()
 
 
-def progress() -> Progress:
-    """A rich progress bar on stderr (rich shows it live only when stderr is a terminal)."""
+def progress():
+    """Progress on stderr: a live rich bar at a terminal; in a log file (stderr redirected),
+    plain timestamped lines every ``LOG_EVERY`` seconds and when a task ends."""
+    if not console.is_terminal:
+        return LogProgress()
+    # its own console without soft wrap: a live row wider than the terminal is cut with "…"
+    # instead of wrapping (wrapped rows are what repeat on every refresh)
+    live = Console(stderr=True, highlight=False, markup=False)
     return Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(),
+        TextColumn(
+            "{task.description}",
+            style="bold",
+            markup=False,
+            table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+        ),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=live,
+        expand=True,
     )
+
+
+LOG_EVERY = 30.0  # seconds between progress lines in a log file
+
+
+class LogProgress:
+    """The ``rich.progress.Progress`` calls udml makes, written as lines a log file can use:
+    ``[12:00:30] training 120/1200 (10%), 1m40s, ETA 15m00s: epoch 3/20 loss 0.412 …``."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.every = LOG_EVERY if every is None else every
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **_):
+        import time
+
+        now = time.monotonic()
+        key = len(self.tasks)
+        self.tasks[key] = {
+            "name": description,
+            "description": description, "total": total, "done": completed, "start": now,
+            "start_done": completed, "printed": now,
+        }  # fmt: skip
+        self._line(key, now)
+        return key
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def update(self, task: int, advance: float | None = None, completed: float | None = None,
+               description: str | None = None, total: float | None = None, **_) -> None:  # fmt: skip
+        import time
+
+        t = self.tasks[task]
+        if total is not None:
+            t["total"] = total
+        if description is not None:
+            t["description"] = description
+        if completed is not None:
+            t["done"] = completed
+        if advance:
+            t["done"] += advance
+        now = time.monotonic()
+        finished = t["total"] is not None and t["done"] >= t["total"]
+        if finished or now - t["printed"] >= self.every:
+            self._line(task, now)
+
+    def _line(self, task: int, now: float) -> None:
+        import time
+
+        t = self.tasks[task]
+        t["printed"] = now
+        done, total = t["done"], t["total"]
+        elapsed = now - t["start"]
+        count = f"{done:.0f}/{total:.0f} ({100 * done / total:.0f}%)" if total else f"{done:.0f}"
+        rate = (done - t["start_done"]) / elapsed if elapsed > 0 else 0.0
+        eta = (
+            f", ETA {_clock(((total or 0) - done) / rate)}"
+            if total and rate > 0 and done < total
+            else ""
+        )
+        head = t["name"]
+        detail = f": {t['description']}" if t["description"] != head else ""
+        stamp = time.strftime("%H:%M:%S")
+        console.print(f"[{stamp}] {head} {count}, {_clock(elapsed)}{eta}{detail}", soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:

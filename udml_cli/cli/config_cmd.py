@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import typer
-
 from udml_cli.cli.common import ConfigOpt, SetOpt, data_stream
+from udml_cli.cli.help import UdmlTyper
 
-app = typer.Typer(help="Inspect the run configuration.", no_args_is_help=True)
+app = UdmlTyper(help="Inspect the run configuration.", no_args_is_help=True)
 
 
 @app.command("show")

@@ -20,10 +20,11 @@ from udml_cli.cli.common import (
     say,
     styled,
 )
+from udml_cli.cli.help import UdmlTyper
 from udml_cli.data import registry
 from udml_cli.data.prepare import KINDS
 
-app = typer.Typer(
+app = UdmlTyper(
     help="Register, list, check and convert datasets.",
     no_args_is_help=True,
 )
@@ -31,7 +32,9 @@ app = typer.Typer(
 
 @app.command("add")
 def add(
-    name: Annotated[str, typer.Argument(help="Name to register the dataset under.")],
+    name: Annotated[
+        str | None, typer.Argument(help="Name to register the dataset under (asked if missing).")
+    ] = None,
     path: Annotated[
         Path | None, typer.Argument(help="Folder with train.txt/test.txt or train/ test/.")
     ] = None,
@@ -41,8 +44,9 @@ def add(
     ] = False,
     yes: YesOpt = False,
 ) -> None:
-    """Register a dataset folder under NAME (asks for the path at a terminal)."""
-    path = Path(ask(path, "Dataset folder", "PATH argument"))
+    """Register a dataset folder under NAME (at a terminal, asks for what is missing)."""
+    name = str(ask(name, "Name to register the dataset under", "NAME argument")).strip()
+    path = Path(str(ask(path, "Dataset folder", "PATH argument")).strip()).expanduser()
     entries = registry.load_registry()
     if name in entries and not force:
         confirm(

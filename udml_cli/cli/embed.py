@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -51,15 +51,14 @@ def embed(
     udml embed photos/ --checkpoint runs/demo/last.pt > vectors.npy
     udml embed photos/ --backbone efficientnet_lite0 --weights imagenet -o v.npy --paths v.txt
     """
-    import numpy as np
 
-    from udml_cli.api import embed_files
     from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.data.images import list_images
     from udml_cli.errors import DatasetError, UsageError
-    from udml_cli.fileio import atomic_write_bytes, atomic_write_text, ensure_writable
+    from udml_cli.fileio import atomic_path, atomic_write_text, ensure_writable
     from udml_cli.inference import load_model
+    from udml_cli.npyfile import RowFile
 
     if out is None and data_stream().isatty():
         raise UsageError(
@@ -76,24 +75,40 @@ def embed(
             ensure_writable(target, what)
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
+    # the rows go straight to a memory-mapped .npy (beside --out, renamed when complete; or a
+    # temp file copied to stdout): memory stays flat however many images there are
     with progress() as bar:
-        x, ok = embed_files(model, cfg, files, strict, bar, folder.name)
+        if out is not None:
+            with atomic_path(out) as tmp_out:
+                count, dim, ok = _embed_to(tmp_out, model, cfg, files, strict, bar, folder)
+        else:
+            with tempfile.TemporaryDirectory(prefix="udml-embed-") as tmp:
+                target = Path(tmp) / "vectors.npy"
+                count, dim, ok = _embed_to(target, model, cfg, files, strict, bar, folder)
+                sink = data_stream()
+                sink.flush()
+                RowFile(target).copy_to(sink.buffer)
+                sink.flush()
     index = ok.nonzero()[0]
     bad = len(files) - len(index)
-    buf = io.BytesIO()
-    np.save(buf, x)
     if paths is not None:
         atomic_write_text(
             paths, "".join(files[i].relative_to(folder).as_posix() + "\n" for i in index)
         )
-    if out is not None:
-        atomic_write_bytes(out, buf.getvalue())
-    else:
-        sink = data_stream()
-        sink.flush()
-        sink.buffer.write(buf.getvalue())
-        sink.flush()
     console.print(
-        f"embedded {len(x)} images → ({x.shape[0]}, {x.shape[1]}) float32"
+        f"embedded {count} images → ({count}, {dim}) float32"
         + (f"; skipped {bad} unreadable" if bad else "")
     )
+
+
+def _embed_to(target: Path, model, cfg, files, strict, bar, folder: Path):
+    """Embed ``files`` into the .npy ``target``; ``(rows, dim, ok)``."""
+    from udml_cli.api import embed_files
+    from udml_cli.npyfile import RowFile
+
+    rows = RowFile(target)
+    x, ok = embed_files(model, cfg, files, strict, bar, folder.name, allocate=rows.allocate)
+    count, dim = x.shape
+    del x  # a view of the mapped file, released before it shrinks
+    rows.finish(count)
+    return count, dim, ok

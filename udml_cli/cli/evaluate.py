@@ -32,6 +32,12 @@ def evaluate(
             metavar="CHECKPOINT|RUN_DIR",
         ),
     ] = None,
+    checkpoint_opt: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="The same as the argument (the spelling every command takes)."
+        ),
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (default: the checkpoint's).")
     ] = None,
@@ -49,16 +55,23 @@ def evaluate(
     """Evaluate a checkpoint, or a pretrained backbone (the starting point to beat).
 
     \b
-    udml eval runs/cub/last.pt
+    udml eval --checkpoint runs/cub/last.pt  (or: udml eval runs/cub/last.pt)
     udml eval runs/cub                       # every epoch_NNNN.pt of the run, one table
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
     """
     from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.engine import resolve_engine
+    from udml_cli.errors import UsageError
     from udml_cli.inference import evaluate as run_eval
     from udml_cli.inference import model_and_dataset
 
+    if checkpoint_opt is not None:
+        if checkpoint is not None and checkpoint != checkpoint_opt:
+            raise UsageError(
+                f"two checkpoints given ({checkpoint} and --checkpoint {checkpoint_opt}); pass one"
+            )
+        checkpoint = checkpoint_opt
     dotted = {"data.data_root": data_root, "data.strict": True if strict else None}
     flags = model_flags(backbone, weights, device, image_size, **dotted)
     cfg = load_config(config, set_, flags)
@@ -79,15 +92,16 @@ def run_checkpoints(run: Path) -> list[Path]:
     """The checkpoints of a run folder in epoch order; last.pt too when it is not a copy of the
     final epoch's (an interrupted run's mid-epoch state)."""
     from udml_cli.errors import UsageError
+    from udml_cli.models.checkpoint import load_checkpoint
 
     epochs = sorted(run.glob("epoch_*.pt"))
     last = run / "last.pt"
-    if last.is_file() and (
-        not epochs
-        or last.stat().st_size != epochs[-1].stat().st_size
-        or last.read_bytes() != epochs[-1].read_bytes()
-    ):
-        epochs.append(last)
+    if last.is_file():
+        payload = load_checkpoint(last)
+        final = int(epochs[-1].stem.split("_")[1]) if epochs else -1
+        # last.pt holds the final epoch's weights too (with the state to resume from)
+        if (payload.get("epoch"), payload.get("iteration")) != (final, 0):
+            epochs.append(last)
     if not epochs:
         raise UsageError(f"{run}: no checkpoints (epoch_NNNN.pt or last.pt) in this folder")
     return epochs

@@ -17,12 +17,12 @@ from udml_cli.cli.common import (
     StrictOpt,
     WeightsOpt,
     YesOpt,
+    ask,
     confirm,
     console,
     progress,
     say,
 )
-from udml_cli.cli.evaluate import render_metrics
 
 
 def train(
@@ -63,14 +63,14 @@ def train(
     udml train --dataset ~/photos --out runs/photos   # any folder of images, no labels
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
     """
+    import time
+
+    from udml_cli.api import run_summary
+    from udml_cli.api import train as run_training
     from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.data.registry import resolve_dataset
-    from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
-    from udml_cli.fileio import ensure_writable_dir
-    from udml_cli.inference import evaluate
-    from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
 
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_FOLDER (the folder holding last.pt)")
@@ -78,88 +78,84 @@ def train(
     dotted["data.strict"] = True if strict else None
     dotted["data.eval_dataset"] = eval_dataset
     flags = model_flags(backbone, weights, device, image_size, **dotted)
-    if resume:
-        assert out is not None
-        if not out.is_dir():
-            raise UsageError(f"nothing to resume: {out} is not a run folder")
-    else:
+    if not resume:
         cfg = load_config(config, set_, flags)
-        if cfg.data.dataset is None:
-            raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
+        if cfg.data.dataset is None:  # at a terminal: asked; otherwise one line naming the flag
+            flags["data.dataset"] = ask(
+                None,
+                "Dataset to train on (a name from `udml dataset list`, or a folder of images)",
+                "--dataset NAME (see `udml dataset list`)",
+            ).strip()
+            cfg = load_config(config, set_, flags)
+        if config is None:
+            announce_defaults(cfg)
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
-    ensure_writable_dir(out, "--out")
-    with RunLock(out):
-        checkpoint = payload = None
-        if resume:
-            checkpoint, payload = resume_checkpoint(out, yes, _confirmed)
-            # the run's own config (inside the checkpoint) is the base; flags and --set on top
-            cfg = load_config(config, set_, flags, base=payload["config"])
-        ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
-        replaced = None
-        replacing = not resume and holds_run(out)
-        if replacing:
-            confirm(
-                f"{out} holds a run. Start over and replace it?",
-                yes,
-                f"{out} already holds a run; use --resume to continue it or --yes to start over",
-            )
-        engine = resolve_engine(cfg.engine)
-
-        from udml_cli.training import Trainer
-
-        trainer = Trainer(cfg, ref, out, engine)  # checks the settings against the data
-        if replacing:
-            replaced = ReplacedRun(out)  # the old run moves aside; the new one starts empty
-
-        eval_ref = _eval_dataset(cfg, ref)
-
-        def run_eval(model):
-            return evaluate(model, cfg, eval_ref, cfg.eval.split, engine, None)
-
-        try:
-            with progress() as bar:
-                trainer.progress = bar
-                last = trainer.run(checkpoint, run_eval if eval_ref else None, payload)
-        except KeyboardInterrupt:
-            if (out / "last.pt").is_file():
-                say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
-            else:
-                say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
-            raise typer.Exit(130) from None
-        finally:
-            if replaced is not None:
-                if (out / "last.pt").is_file():
-                    replaced.commit()
-                else:  # the new run left nothing worth keeping: the old one comes back
-                    replaced.rollback()
-    console.print(f"done: {last} (metrics in {out / 'metrics.jsonl'})")
-    if cfg.train.eval_step and eval_ref is not None:
-        result = evaluate(trainer.model, cfg, eval_ref, cfg.eval.split, engine, None)
-        result["model"] = str(last)
-        render_metrics(result)
+    assert out is not None
+    started = time.perf_counter()
+    try:
+        with progress() as bar:
+            last = run_training(
+                out, config, resume=resume, progress=bar, replace=yes, ask=lambda q, r: _ask(q, r, yes),
+                set_values=set_, flags=flags,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        if (out / "last.pt").is_file():
+            say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
+        else:
+            say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
+        raise typer.Exit(130) from None
+    print_summary(run_summary(out), last, time.perf_counter() - started)
 
 
-def _eval_dataset(cfg, ref):
-    """What training evaluates on: --eval-dataset, else the training data's own test split;
-    an unlabelled collection alone has nothing to score against."""
-    from udml_cli.data.registry import resolve_dataset
-    from udml_cli.errors import UsageError, note
-
-    if cfg.data.eval_dataset:
-        eval_ref = resolve_dataset(cfg.data.eval_dataset, cfg.data.data_root)
-        if not eval_ref.labelled:
-            raise UsageError(
-                f"--eval-dataset {cfg.data.eval_dataset} is an unlabelled collection: evaluation "
-                "needs a labelled test split"
-            )
-        return eval_ref
-    if ref.labelled:
-        return ref
-    if cfg.train.eval_step:
-        note("no labelled data to evaluate on: train.eval_step is ignored (--eval-dataset NAME)")
-    return None
+def announce_defaults(cfg) -> None:
+    """No --config: say which recipe runs (the defaults are the paper's CUB recipe)."""
+    t, m = cfg.train, cfg.model
+    say(
+        "note:",
+        "cyan",
+        f"no --config: the built-in defaults (the paper's CUB recipe) with your flags: "
+        f"{t.epochs} epochs, {m.backbone}, batch {t.batch_size}, image {cfg.data.image_size}; on a CPU start from "
+        "a smaller one: `udml templates` lists them (e.g. --config demo or --config photos)",
+    )
 
 
-def _confirmed(question: str, yes: bool, refuse: str) -> bool:
+def print_summary(summary: dict, last: Path, seconds: float) -> None:
+    """The closing lines of a run: where it is, how long, the losses, the scores vs the start."""
+    from rich.table import Table
+
+    parts = summary["last_step"]
+    losses = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+    console.print(
+        f"done: {last} after {summary['epochs']} epochs, {summary['steps']} steps, "
+        f"{seconds:.0f} s (training {summary['seconds']:.0f} s); metrics in "
+        f"{last.parent / 'metrics.jsonl'}"
+    )
+    if summary["mean_loss"] is not None:
+        console.print(f"last epoch mean loss {summary['mean_loss']:.4f}; last step {losses}")
+    end, start = summary["end"], summary["start"]
+    if end is None:
+        return
+    ks = [k for k in end["recall_at"] if int(k) <= 8]  # R@1..R@8: the table fits 80 columns
+    table = Table(
+        title=f"{end['dataset']}/{end['split']}: start vs end (step {end['step']}), percent"
+    )
+    table.add_column("")
+    for col in [f"R@{k}" for k in ks] + ["NMI", "MAP@R"]:
+        table.add_column(col, justify="right")
+
+    def row(r: dict) -> list[float]:
+        return [100 * r["recall_at"][k] for k in ks] + [100 * (r["nmi"] or 0), 100 * r["map_at_r"]]
+
+    rows = [("start", row(start))] if start else []
+    rows.append(("end", row(end)))
+    if start:
+        rows.append(("change", [b - a for a, b in zip(rows[0][1], rows[1][1], strict=True)]))
+    for name, vals in rows:
+        sign = "+" if name == "change" else ""
+        table.add_row(name, *[f"{v:{sign}.2f}" for v in vals])
+    console.print(table)
+
+
+def _ask(question: str, refuse: str, yes: bool) -> bool:
     confirm(question, yes, refuse)
     return True

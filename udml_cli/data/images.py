@@ -117,7 +117,9 @@ def report_unreadable(
     if not paths:
         return
     if len(paths) == total and not none_ok:
-        raise DatasetError(f"none of the {total} images of {where} could be read (first: {paths[0]})")
+        raise DatasetError(
+            f"none of the {total} images of {where} could be read (first: {paths[0]})"
+        )
     if strict:
         raise DatasetError(
             f"{len(paths)} unreadable images in {where} (first: {paths[0]}); "

@@ -252,7 +252,11 @@ def _load_file(backbone: Backbone, path: Path, name: str, convert=None) -> None:
     except Exception as e:  # truncated, foreign or unsafe files raise many kinds
         from udml_cli.models.checkpoint import runs_code
 
-        why = "it holds Python objects other than tensors" if runs_code(e) else "unreadable or truncated"
+        why = (
+            "it holds Python objects other than tensors"
+            if runs_code(e)
+            else "unreadable or truncated"
+        )
         raise CheckpointError(f"{path}: cannot load weights for {name}: {why}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
