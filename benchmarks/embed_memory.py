@@ -1,5 +1,5 @@
-"""Peak memory of `udml embed` at 10,000 and 100,000 images: rows stream to a memory-mapped .npy,
-so peak RSS should not grow with N (target: 100k within 10 % of 10k). Baseline: the in-memory
+"""Peak memory of `udml embed` at 10,000 and 100,000 images: rows go to the .npy on disk batch by
+batch, so peak RSS should not grow with N (target: 100k within 10 % of 10k). Baseline: the in-memory
 path (``udml.embed_folder``, which returns the array) on the same 100,000 images.
 
 Images: 1,000 distinct 32×32 PNGs hard-linked under 100,000 names (decoding cost is real, disk

@@ -82,7 +82,8 @@ def main() -> None:
         table[(dataset, "start")] = [start_metrics]
         for mode in args.modes:
             for seed in args.seeds:
-                sets = [*args.sets, *MODES[mode], f"train.seed={seed}", f"cluster.seed={seed}"]
+                sets = [*args.sets, *MODES[mode], f"train.seed={seed}", f"cluster.seed={seed}",
+                        "train.final_eval=false"]  # scored below, with the subgroup metrics  # fmt: skip
                 cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:

@@ -96,6 +96,7 @@ def test_row_file_keeps_the_readable_rows_in_order(tmp_path, monkeypatch, longer
     keep = rng.random(20_000) > 0.3
     target = npyfile.RowFile(tmp_path / "v.npy")
     mapped = target.allocate(20_000, 7)
+    assert len(mapped) == 20_000 and mapped.shape == (20_000, 7)
     for start in range(0, 20_000, 999):  # batch by batch, as extraction writes them
         mapped[start : start + 999] = rows[start : start + 999]
     front = compact(mapped, keep, chunk=1000)

@@ -167,8 +167,9 @@ class EngineConfig(_Section):
     )
     threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         "auto",
-        description="CPU threads for the network's math (torch intra-op); auto: the cores left "
-        "after the DataLoader workers while training, all cores while extracting",
+        description="CPU threads for the network's math (torch intra-op); auto: every core on an "
+        "idle machine; when other processes are busy at the start, the cores they leave free "
+        "less one per DataLoader worker",
     )
     channels_last: bool | Literal["auto"] = "auto"
     deterministic: bool = Field(False, description="deterministic torch algorithms")
@@ -211,6 +212,9 @@ def _format_error(err: ValidationError, source: str) -> str:
             else Config.model_fields
         )
         msg += f" (valid: {', '.join(valid)})"
+    elif first["type"] == "value_error" and "error" in first.get("ctx", {}):
+        msg = str(first["ctx"]["error"])  # our own validators name their keys
+        key = ""
     else:
         msg = first["msg"]
         if "input" in first and not isinstance(first["input"], dict):

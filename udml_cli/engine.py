@@ -30,18 +30,13 @@ class Engine:
     threads: int = 0  # torch intra-op threads while training (0: leave torch's choice)
     extract_threads: int = 0  # … while extracting
 
-    @contextlib.contextmanager
-    def using_threads(self, n: int):
-        """torch's intra-op threads set to ``n`` inside the block (0: unchanged)."""
-        if not n or self.device.type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    def use_threads(self, n: int) -> None:
+        """torch's intra-op threads to ``n`` for the work that follows (0 or the current value:
+        no call). Set only on a change, never "restored": measured in benchmarks/embed_memory.py,
+        an explicit ``torch.set_num_threads(2)`` on 2 cores (the value torch already had) made
+        every later batch leak ~11 KB of anonymous memory per image (1 GB over 100k images)."""
+        if n and self.device.type == "cpu" and n != torch.get_num_threads():
+            torch.set_num_threads(n)
 
     @property
     def is_main(self) -> bool:
@@ -65,17 +60,13 @@ class Engine:
         return model
 
     def loader(self, dataset, batch_size: int):
-        """Sequential batches for extraction. Without worker processes, one thread decodes the
-        next batch while the model runs on this one (PIL and torch release the GIL)."""
-        loader = torch.utils.data.DataLoader(
+        """Sequential batches for extraction."""
+        return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.extract_workers,
             pin_memory=self.device.type == "cuda",
         )
-        if self.extract_workers == 0 and os.environ.get("UDML_PREFETCH", "1") == "1":
-            return _prefetched(loader)
-        return loader
 
     def batch_loader(self, dataset, batch_sampler):
         """A DataLoader over precomputed batches (lists of dataset keys)."""
@@ -85,56 +76,6 @@ class Engine:
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )
-
-
-def _prefetched(loader, depth: int = 2):
-    """Iterate ``loader`` in a background thread, ``depth`` batches ahead; its exceptions are
-    re-raised here, in order; a consumer that stops early stops the thread."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def fill() -> None:
-        if os.environ.get("UDML_PREFETCH_NICE"):
-            with contextlib.suppress(OSError, AttributeError):
-                os.setpriority(
-                    os.PRIO_PROCESS,
-                    threading.get_native_id(),
-                    int(os.environ["UDML_PREFETCH_NICE"]),
-                )
-        try:
-            for item in loader:
-                while not stop.is_set():
-                    try:
-                        q.put((None, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((None, end))
-        except BaseException as e:  # handed to the consumer
-            q.put((e, None))
-
-    thread = threading.Thread(target=fill, daemon=True, name="udml-prefetch")
-    thread.start()
-    try:
-        while True:
-            error, item = q.get()
-            if error is not None:
-                raise error
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                q.get_nowait()
-            thread.join(timeout=0.05)
 
 
 def _device(name: str) -> torch.device:
@@ -169,10 +110,18 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
         workers = extract_workers = cfg.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    if cfg.threads == "auto":
-        # measured in benchmarks/threads.py: OpenMP threads that outnumber the free cores spin
-        # against the DataLoader worker (and any other busy process)
-        threads, extract_threads = max(1, cores - workers), max(1, cores - extract_workers)
+    if cfg.threads == "auto" and device.type == "cpu":
+        # measured in benchmarks/threads.py (2 cores, demo step): alone, one thread per core is
+        # fastest (48 vs 31 img/s with one thread); with another busy process, threads that
+        # outnumber the free cores spin against it and the DataLoader worker (19 vs 33 img/s).
+        # So: all cores unless something else is using the CPU right now; then the cores nobody
+        # else uses, less one per DataLoader worker.
+        busy = others_busy()
+        free = cores - round(min(busy, cores))  # the cores nobody else is using
+        threads = max(1, free - workers) if busy >= 0.5 else cores
+        extract_threads = max(1, free - extract_workers) if busy >= 0.5 else cores
+    elif cfg.threads == "auto":
+        threads = extract_threads = 0  # a GPU does the math: torch's default
     else:
         threads = extract_threads = cfg.threads
     channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last
@@ -183,6 +132,54 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
     return Engine(
         device, amp, workers, channels_last, rank, world, extract_workers, threads, extract_threads
     )
+
+
+def others_busy(seconds: float = 0.2) -> float:
+    """How many cores other processes keep busy right now: the machine's non-idle time over a
+    short sample (/proc/stat), this process's own share taken out. 0.0 where /proc is absent."""
+    import time
+
+    def sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        own = sum(os.times()[:2])
+        return sum(fields), idle, own
+
+    try:
+        total0, idle0, own0 = sample()
+        time.sleep(seconds)
+        total1, idle1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    elapsed = (total1 - total0) / ticks  # core-seconds that passed on all cores
+    if elapsed <= 0:
+        return 0.0
+    busy = elapsed - (idle1 - idle0) / ticks - (own1 - own0)
+    return max(0.0, busy / seconds)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+    Measured in benchmarks/embed_memory.py: without it, extraction's freed batch buffers stay in
+    a fragmented heap and the process grows ~11 KB per image (1 GB over 100,000 images); fixing
+    glibc's mmap threshold instead cost 25 % of the speed, this costs nothing measurable."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
 
 
 def seed_everything(seed: int) -> None:
@@ -203,9 +200,9 @@ def extract(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stream ``dataset`` (yielding ``(image, key)``: an index, ``FAILED`` for an unreadable
     image) through ``forward``; float32 rows and the keys, in dataset order. ``allocate(n, dim)``
-    (e.g. a memory-mapped .npy) receives the rows batch by batch, so memory stays flat."""
-    with engine.using_threads(engine.extract_threads):
-        return _extract(forward, dataset, engine, batch_size, description, progress, allocate)
+    (e.g. ``npyfile.DiskRows``, a .npy on disk) receives the rows batch by batch, so memory stays flat."""
+    engine.use_threads(engine.extract_threads)
+    return _extract(forward, dataset, engine, batch_size, description, progress, allocate)
 
 
 def _extract(forward, dataset, engine, batch_size, description, progress, allocate):
@@ -224,6 +221,8 @@ def _extract(forward, dataset, engine, batch_size, description, progress, alloca
             feats.append(out)
         at += len(out)
         labels.append(torch.as_tensor(target))
+        if len(labels) % 16 == 0:
+            release_freed_memory()
         if progress:
             progress.advance(task, len(images))
     if not labels:

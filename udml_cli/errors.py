@@ -38,6 +38,12 @@ class CheckpointError(UdmlError):
     """A checkpoint file is missing, truncated, not ours, or unsafe."""
 
 
+class TrainingError(UdmlError):
+    """Training cannot go on (a non-finite loss, too few non-empty clusters): exit code 3."""
+
+    exit_code = 3
+
+
 class RegistryError(UdmlError):
     """The dataset registry file is corrupt or cannot be written."""
 

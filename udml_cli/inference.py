@@ -62,7 +62,7 @@ def embed_dataset(
 ):  # fmt: skip
     """``(rows, ok)``: the embeddings of ``dataset``'s readable images (an ``ImageDataset``) and
     which ones they are; the unreadable ones reported once (``strict``: stop on them).
-    ``allocate(n, dim)``: where the rows go (a memory-mapped file); the readable rows are then
+    ``allocate(n, dim)``: where the rows go (``npyfile.DiskRows``: a .npy on disk); the readable rows are then
     moved to its front in place and ``rows`` is the leading part."""
     from udml_cli.data.images import FAILED, report_unreadable
     from udml_cli.engine import extract
@@ -79,7 +79,7 @@ def embed_dataset(
 
 
 def compact(x: np.ndarray, keep: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """``x[keep]`` made in place, ``chunk`` rows at a time (no copy of a memory-mapped ``x``)."""
+    """``x[keep]`` made in place, ``chunk`` rows at a time (an ``x`` on disk is never read whole)."""
     if len(x) == 0 or keep.all():
         return x
     at = 0
@@ -87,7 +87,7 @@ def compact(x: np.ndarray, keep: np.ndarray, chunk: int = 8192) -> np.ndarray:
         block = x[start : start + chunk][keep[start : start + chunk]]  # a copy: safe to overlap
         x[at : at + len(block)] = block
         at += len(block)
-    return x[:at]
+    return x.prefix(at) if hasattr(x, "prefix") else x[:at]
 
 
 def embed_split(

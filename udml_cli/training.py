@@ -18,34 +18,21 @@ import torch
 
 from udml_cli.clustering import diagnostics, kmeans
 from udml_cli.config import Config, auto_clusters
-from udml_cli.data.images import FAILED, ImageDataset, report_unreadable
+from udml_cli.data.images import FAILED, ImageDataset, SeededImages, report_unreadable
 from udml_cli.data.layout import read_split
 from udml_cli.data.registry import DatasetRef
 from udml_cli.data.sampler import PKSampler
 from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
-from udml_cli.errors import CheckpointError, DatasetError, UdmlError, UsageError, note
+from udml_cli.errors import CheckpointError, DatasetError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
 from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
-from udml_cli.models.net import build_model
-
-
-class TrainingError(UdmlError):
-    exit_code = 3
+from udml_cli.models.net import build_model, init_head, trainable_backbone
 
 
 def _mix(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-class _SeededImages(ImageDataset):
-    """Indexed by ``(i, seed)``: the augmentation of each draw is a function of its seed."""
-
-    def __getitem__(self, item):
-        i, seed = item
-        torch.manual_seed(seed)
-        return self.transform(self.image(i)), int(self.labels[i])
 
 
 @dataclass
@@ -127,16 +114,6 @@ def _group_lr(cfg: Config, name: str | None) -> float:
     return {"head": t.head_lr, "rotation": t.rot_lr}.get(name or "", t.lr)
 
 
-def trainable_backbone(model, fraction: float) -> list[torch.nn.Parameter]:
-    """Fix the first ``fraction`` of the backbone's parameter tensors (definition order runs from
-    the input side) and return the rest, the ones the optimiser updates."""
-    params = list(model.backbone.parameters())
-    frozen = round(fraction * len(params))
-    for p in params[:frozen]:
-        p.requires_grad_(False)
-    return params[frozen:]
-
-
 class Trainer:
     def __init__(self, cfg: Config, ref: DatasetRef, out: Path, engine: Engine, progress=None):
         self.cfg, self.ref, self.out, self.engine, self.progress = cfg, ref, out, engine, progress
@@ -156,8 +133,7 @@ class Trainer:
         validate(cfg, len(samples))
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_model(cfg.model))
-        if cfg.model.head_init == "identity":
-            self.model.head.init_identity()
+        init_head(self.model, cfg.model)  # "pca" waits for the first clustering's features
         self.skipped: list[str] = []  # unreadable training images (relative paths), left out
         self._use_samples(samples)
         t = cfg.train
@@ -182,7 +158,7 @@ class Trainer:
         self.plain = ImageDataset(
             samples, eval_transform(cfg.data), cache_size=cache, size=cfg.data.image_size
         )
-        self.augmented = _SeededImages(samples, train_transform(cfg.data))
+        self.augmented = SeededImages(samples, train_transform(cfg.data))
         self.augmented.cache = self.plain.cache
 
     def _leave_out(self, rels: set[str]) -> None:
@@ -426,8 +402,8 @@ class Trainer:
         self.augmented.labels = s.pseudo_labels
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
-        with self.engine.using_threads(self.engine.threads):
-            self._batches(loader, sampler, task, base)
+        self.engine.use_threads(self.engine.threads)
+        self._batches(loader, sampler, task, base)
 
     def _batches(self, loader, sampler: PKSampler, task, base: int) -> None:
         cfg, s = self.cfg, self.state

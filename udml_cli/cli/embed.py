@@ -75,7 +75,7 @@ def embed(
             ensure_writable(target, what)
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
-    # the rows go straight to a memory-mapped .npy (beside --out, renamed when complete; or a
+    # the rows go straight to a .npy on disk (beside --out, renamed when complete; or a
     # temp file copied to stdout): memory stays flat however many images there are
     with progress() as bar:
         if out is not None:

@@ -126,3 +126,13 @@ def report_unreadable(
             "without --strict they are skipped"
         )
     warn(f"skipped {len(paths)} unreadable images of {where} (first: {paths[0]})")
+
+
+class SeededImages(ImageDataset):
+    """Indexed by ``(i, seed)``: the augmentation of each draw is a function of its seed (what
+    makes a resumed run bit-identical), with ``labels`` (pseudo-labels) set by the trainer."""
+
+    def __getitem__(self, item):
+        i, seed = item
+        torch.manual_seed(seed)
+        return self.transform(self.image(i)), int(self.labels[i])

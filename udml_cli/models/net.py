@@ -73,3 +73,21 @@ def build_model(
     with ``quiet``: their weights come from the file)."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
     return EmbeddingNet(backbone, cfg.dim if head else None, rotation=head, dropout=cfg.dropout)
+
+
+def trainable_backbone(model, fraction: float) -> list:
+    """Fix the first ``fraction`` of the backbone's parameter tensors (definition order runs from
+    the input side) and return the rest, the ones the optimiser updates."""
+    params = list(model.backbone.parameters())
+    frozen = round(fraction * len(params))
+    for p in params[:frozen]:
+        p.requires_grad_(False)
+    return params[frozen:]
+
+
+def init_head(model, cfg) -> None:
+    """The embedding head's start that needs no data: ``identity`` (training starts at the
+    pretrained metric) or ``random`` (as built). ``pca`` is set from the first clustering's
+    features by the trainer (``head.init_pca``)."""
+    if cfg.head_init == "identity":
+        model.head.init_identity()
