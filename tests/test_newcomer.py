@@ -69,6 +69,7 @@ def test_one_checkpoint_spelling_everywhere(cli, layout, tmp_path):
     assert by_arg.code == by_opt.code == 0
     a, b = json.loads(by_arg.out), json.loads(by_opt.out)
     assert a["recall_at"] == b["recall_at"] and a["nmi"] == b["nmi"]
+    assert by_opt.err.lstrip().startswith(f"eval: loading {out / 'last.pt'}")  # before any wait
     both = cli("eval", out / "last.pt", "--checkpoint", out / "epoch_0001.pt")
     assert both.code == 2 and "two checkpoints" in both.err
     for words in (["cluster"], ["embed", layout], ["index", layout]):  # search: the index's model

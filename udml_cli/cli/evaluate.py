@@ -78,6 +78,8 @@ def evaluate(
     if checkpoint is not None and checkpoint.is_dir():
         _evaluate_run(checkpoint, cfg, dataset, data_root, split, as_json)
         return
+    # something on stderr before the seconds of loading that come before the first bar
+    console.print(f"eval: loading {checkpoint or f'{cfg.model.backbone} ({cfg.model.weights})'} …")
     model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     engine = resolve_engine(cfg.engine)
     with progress() as bar:
@@ -113,8 +115,10 @@ def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool)
     from udml_cli.inference import model_and_dataset
 
     rows = []
+    paths = run_checkpoints(run)
+    console.print(f"eval: {len(paths)} checkpoints of {run} …")
     with progress() as bar:
-        for path in run_checkpoints(run):
+        for path in paths:
             model, ckpt_cfg, ref = model_and_dataset(cfg, path, None, dataset, data_root)
             result = run_eval(model, ckpt_cfg, ref, split, resolve_engine(ckpt_cfg.engine), bar)
             result["model"] = str(path)
