@@ -71,13 +71,12 @@ def embed_folder(folder: str | Path, checkpoint=None, backbone=None, weights="im
                  image_size=None, device="auto", recursive=True, strict=False, progress=None):  # fmt: skip
     """``(vectors, paths)``: the images under ``folder`` (sorted), unreadable ones left out."""
     from udml_cli.data.images import list_images
-    from udml_cli.data.layout import image_files
     from udml_cli.errors import DatasetError
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
-    files = image_files(folder) if recursive else list_images(folder, False)
+    files = list_images(folder, recursive)
     if not files:
         raise DatasetError(f"no images in {folder}" + ("" if recursive else " (add --recursive)"))
     model, cfg = load_model(checkpoint, backbone, weights, image_size, device)

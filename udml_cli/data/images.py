@@ -95,8 +95,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and is_image(p))
+    """The image files of ``folder`` (``recursive``: of its whole tree), sorted, hidden files and
+    folders skipped: the one listing embed, index and training on a folder share."""
+    from udml_cli.data.layout import image_files
+
+    if recursive:
+        return image_files(folder)
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_image(p)
+    )
 
 
 class FolderDataset(ImageDataset):
