@@ -72,3 +72,17 @@ def test_bad_toml_file(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_cross_section_checks_need_no_data():
+    import pytest
+
+    from udml_cli.config import load_config
+    from udml_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["loss.rot_batch=100"])
+    assert str(e.value) == "--set: loss.rot_batch (100) exceeds train.batch_size (80)"
+    with pytest.raises(ConfigError, match="both 0: nothing to train"):
+        load_config(None, ["loss.rot_weight=0", "loss.metric_weight=0"])
+    assert load_config(None, ["loss.rot_batch=8", "train.batch_size=8", "train.instances=2"])

@@ -184,6 +184,18 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
 
+    @model_validator(mode="after")
+    def _trainable(self) -> Config:
+        """Across sections, what no data can make right (the data's checks: training.validate)."""
+        if self.loss.rot_batch > self.train.batch_size:
+            raise ValueError(
+                f"loss.rot_batch ({self.loss.rot_batch}) exceeds train.batch_size "
+                f"({self.train.batch_size})"
+            )
+        if self.loss.metric_weight == 0 and self.loss.rot_weight == 0:
+            raise ValueError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
+        return self
+
     def to_toml(self) -> str:
         import tomli_w
 

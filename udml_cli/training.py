@@ -47,7 +47,8 @@ class State:
 
 
 def validate(cfg: Config, n_train: int) -> None:
-    """Refuse impossible settings before any work starts, naming the setting to change."""
+    """Refuse settings impossible for this data before any work starts, naming the setting to
+    change (the checks that need no data are the config's own validators)."""
     k, p = cfg.cluster.num_clusters, cfg.train.batch_size // cfg.train.instances
     if k > n_train:
         raise UsageError(
@@ -59,12 +60,6 @@ def validate(cfg: Config, n_train: int) -> None:
             f"a batch of {cfg.train.batch_size} = {p} clusters × {cfg.train.instances} needs at least "
             f"{p} clusters but cluster.num_clusters is {k}; lower train.batch_size or raise the clusters"
         )
-    if cfg.loss.rot_batch > cfg.train.batch_size:
-        raise UsageError(
-            f"loss.rot_batch ({cfg.loss.rot_batch}) exceeds train.batch_size ({cfg.train.batch_size})"
-        )
-    if cfg.loss.metric_weight == 0 and cfg.loss.rot_weight == 0:
-        raise UsageError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
 
 
 # What may differ between a run and its resumption: how long, how often things are written or
