@@ -99,17 +99,16 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
         if device.type == "cpu" and cfg.precision == "fp16":
             raise UsageError("engine.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
         amp = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     if cfg.workers == "auto":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         # measured in benchmarks/pipeline.py on 2 cores: a training step is long enough for one
         # worker to prefetch unnoticed, but during extraction a worker steals the cores the
         # model computes on, so extraction decodes in the main process there
-        workers = min(8, max(1, (cpus or 1) - 1))
-        extract_workers = 0 if (cpus or 1) <= 2 else workers
+        workers = min(8, max(1, cores - 1))
+        extract_workers = 0 if cores <= 2 else workers
     else:
         workers = extract_workers = cfg.workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
     if cfg.threads == "auto" and device.type == "cpu":
         # measured in benchmarks/threads.py (2 cores, demo step): alone, one thread per core is
         # fastest (48 vs 31 img/s with one thread); with another busy process, threads that
@@ -202,10 +201,6 @@ def extract(
     image) through ``forward``; float32 rows and the keys, in dataset order. ``allocate(n, dim)``
     (e.g. ``npyfile.DiskRows``, a .npy on disk) receives the rows batch by batch, so memory stays flat."""
     engine.use_threads(engine.extract_threads)
-    return _extract(forward, dataset, engine, batch_size, description, progress, allocate)
-
-
-def _extract(forward, dataset, engine, batch_size, description, progress, allocate):
     loader = engine.loader(dataset, batch_size)
     task = progress.add_task(description, total=len(dataset)) if progress else None
     rows = None

@@ -398,10 +398,6 @@ class Trainer:
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
         self.engine.use_threads(self.engine.threads)
-        self._batches(loader, sampler, task, base)
-
-    def _batches(self, loader, sampler: PKSampler, task, base: int) -> None:
-        cfg, s = self.cfg, self.state
         tick, images_seen, losses = time.perf_counter(), 0, []
         for images, labels in loader:
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
@@ -419,11 +415,11 @@ class Trainer:
                     task, advance=1, description=self._describe(parts, rate, len(sampler))
                 )
         if losses:  # one summary record per epoch (of the part run here, after a mid-epoch resume)
+            seconds = time.perf_counter() - tick
             self.log(
                 "epoch_summary", completed=s.epoch + 1, steps=len(losses),
-                mean_loss=round(float(np.mean(losses)), 6),
-                seconds=round(time.perf_counter() - tick, 3),
-                images_per_s=round(images_seen / max(time.perf_counter() - tick, 1e-9), 1),
+                mean_loss=round(float(np.mean(losses)), 6), seconds=round(seconds, 3),
+                images_per_s=round(images_seen / max(seconds, 1e-9), 1),
                 partial=len(losses) < len(sampler),
             )  # fmt: skip
 
