@@ -35,7 +35,7 @@ def main() -> None:
 
     import udml_cli as udml
     from udml_cli.config import load_config
-    from udml_cli.data.images import list_images
+    from udml_cli.data.layout import image_files
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.data.sampler import PKSampler
     from udml_cli.engine import extract, resolve_engine
@@ -81,7 +81,7 @@ def main() -> None:
             target=0.85, unit="img/s")  # fmt: skip
 
     # ---- embed: udml.embed_files (what `udml embed` runs) vs the pure forward ----------------
-    files = list_images(ref.root / "test", recursive=True)[:2000]
+    files = image_files(ref.root / "test")[:2000]
     model = trainer.model.eval()
     from udml_cli.data.images import FolderDataset
     from udml_cli.data.transforms import eval_transform

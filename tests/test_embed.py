@@ -120,7 +120,7 @@ def test_row_file_keeps_the_readable_rows_in_order(tmp_path, monkeypatch, longer
 def test_one_listing_for_embed_and_index(tmp_path):
     """embed (flat and -r) and index list a folder the same way: sorted, hidden files and
     folders (.thumbnails/, .DS_Store-like files) left out; a plain walk is the reference."""
-    from udml_cli.data.images import list_images
+    from udml_cli.data.layout import image_files
     from udml_cli.index import folder_files
 
     for rel in ["b.png", "a.jpg", "sub/c.png", "sub/deeper/d.png", ".thumbs/e.png", ".f.png",
@@ -133,6 +133,6 @@ def test_one_listing_for_embed_and_index(tmp_path):
         p for p in tmp_path.rglob("*")
         if p.suffix in (".png", ".jpg") and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts)
     )  # fmt: skip
-    assert list_images(tmp_path, True) == expected
+    assert image_files(tmp_path, True) == expected
     assert [f[3] for f in folder_files(tmp_path)] == expected
-    assert list_images(tmp_path, False) == [tmp_path / "a.jpg", tmp_path / "b.png"]
+    assert image_files(tmp_path, False) == [tmp_path / "a.jpg", tmp_path / "b.png"]

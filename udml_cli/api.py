@@ -70,13 +70,13 @@ def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, pro
 def embed_folder(folder: str | Path, checkpoint=None, backbone=None, weights="imagenet",
                  image_size=None, device="auto", recursive=True, strict=False, progress=None):  # fmt: skip
     """``(vectors, paths)``: the images under ``folder`` (sorted), unreadable ones left out."""
-    from udml_cli.data.images import list_images
+    from udml_cli.data.layout import image_files
     from udml_cli.errors import DatasetError
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
-    files = list_images(folder, recursive)
+    files = image_files(folder, recursive)
     if not files:
         raise DatasetError(f"no images in {folder}" + ("" if recursive else " (add --recursive)"))
     model, cfg = load_model(checkpoint, backbone, weights, image_size, device)

@@ -54,7 +54,7 @@ def embed(
 
     from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
-    from udml_cli.data.images import list_images
+    from udml_cli.data.layout import image_files
     from udml_cli.errors import DatasetError, UsageError
     from udml_cli.fileio import atomic_path, atomic_write_text, ensure_writable
     from udml_cli.inference import load_model
@@ -66,7 +66,7 @@ def embed(
         )
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
-    files = list_images(folder, recursive)
+    files = image_files(folder, recursive)
     if not files:
         hint = "" if recursive else " (add --recursive for subfolders)"
         raise DatasetError(f"no images in {folder}{hint}")

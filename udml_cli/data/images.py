@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from udml_cli.data.layout import UNLABELLED, Sample, is_image
+from udml_cli.data.layout import UNLABELLED, Sample
 from udml_cli.errors import DatasetError
 
 FAILED = -1  # the index an extraction dataset returns for an image that could not be decoded
@@ -92,18 +92,6 @@ class ImageDataset(torch.utils.data.Dataset):
             return self.transform(self.image(i)), i
         except ImageError:
             return torch.zeros(3, self.size, self.size), FAILED
-
-
-def list_images(folder: Path, recursive: bool) -> list[Path]:
-    """The image files of ``folder`` (``recursive``: of its whole tree), sorted, hidden files and
-    folders skipped: the one listing embed, index and training on a folder share."""
-    from udml_cli.data.layout import image_files
-
-    if recursive:
-        return image_files(folder)
-    return sorted(
-        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_image(p)
-    )
 
 
 class FolderDataset(ImageDataset):
