@@ -184,12 +184,9 @@ def _scorer(cfg: Config, ref, engine, progress):
 def run_summary(out: str | Path) -> dict:
     """What a run's metrics.jsonl says at the end: epochs, steps, training seconds, the last
     epoch's mean loss, the last step's loss parts, and the first and last evaluation."""
-    import json
+    from udml_cli.runs import read_metrics
 
-    records = []
-    log = Path(out) / "metrics.jsonl"
-    if log.is_file():
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records = read_metrics(Path(out))
     epochs = [r for r in records if r["event"] == "epoch_summary"]
     steps = [r for r in records if r["event"] == "step"]
     evals = [r for r in records if r["event"] == "eval"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +144,10 @@ def duplicate_section(groups, paths: list[Path], most: int = 10) -> str:
     return "".join(out)
 
 
-def curves(metrics: Path) -> str:
-    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+def curves(run_dir: Path) -> str:
+    from udml_cli.runs import read_metrics
+
+    events = read_metrics(run_dir)
     steps = [e for e in events if e["event"] == "step"]
     clus = [e for e in events if e["event"] == "cluster"]
     evals = [e for e in events if e["event"] == "eval"]
@@ -208,11 +209,7 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     skipped = set(payload.get("skipped", []))
     train = [s for s in read_split(ref, "train") if s.rel not in skipped]
     pseudo = payload["pseudo_labels"].numpy()
-    sections = (
-        [("Training", curves(run_dir / "metrics.jsonl"))]
-        if (run_dir / "metrics.jsonl").is_file()
-        else []
-    )
+    sections = [("Training", curves(run_dir))] if (run_dir / "metrics.jsonl").is_file() else []
     if len(train) == len(pseudo):
         sizes = np.bincount(pseudo, minlength=cfg.cluster.num_clusters).tolist()
         sections += [

@@ -70,6 +70,16 @@ class ReplacedRun:
             os.replace(self.aside, self.out)
 
 
+def read_metrics(out: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order (none when there is no log yet)."""
+    import json
+
+    log = Path(out) / "metrics.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def holds_run(out: Path) -> bool:
     return out.is_dir() and any(out.glob("*.pt"))
 
