@@ -124,7 +124,7 @@ def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool)
             result["model"] = str(path)
             rows.append(result)
     table = Table(title=f"{run}: {len(rows)} checkpoints on {rows[0]['dataset']}/{split}")
-    cols = [f"R@{k}" for k in rows[0]["recall_at"]] + ["NMI", "MAP@R", "RP"]
+    cols, _ = percent_columns(rows[0])
     table.add_column("checkpoint")
     for c in cols:
         table.add_column(c, justify="right")
@@ -132,10 +132,8 @@ def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool)
         range(len(rows)), key=lambda i: rows[i]["recall_at"][next(iter(rows[i]["recall_at"]))]
     )
     for i, r in enumerate(rows):
-        vals = [100 * v for v in r["recall_at"].values()]
-        vals += [100 * (r["nmi"] or 0), 100 * r["map_at_r"], 100 * r["r_precision"]]
         name = Path(r["model"]).name + (" *" if i == best else "")
-        table.add_row(name, *[f"{v:.2f}" for v in vals])
+        table.add_row(name, *[f"{v:.2f}" for v in percent_columns(r)[1]])
     console.print(table)
     console.print(
         f"* best R@1: {Path(rows[best]['model']).name}. Choosing among checkpoints on the "
@@ -153,14 +151,24 @@ def render_metrics(result: dict, title: str | None = None) -> None:
     table = Table(
         title=title or f"{result.get('model', '')} on {result['dataset']}/{result['split']}"
     )
-    cols = [f"R@{k}" for k in result["recall_at"]] + ["NMI", "MAP@R", "RP"]
+    cols, vals = percent_columns(result)
     for c in cols:
         table.add_column(c, justify="right")
-    vals = [100 * v for v in result["recall_at"].values()]
-    vals += [100 * (result["nmi"] or 0), 100 * result["map_at_r"], 100 * result["r_precision"]]
     table.add_row(*[f"{v:.2f}" for v in vals])
     console.print(table)
     console.print(
         f"{result['num_queries']} queries, {result['num_classes']} classes, "
         f"{result.get('seconds', 0):.1f} s"
     )
+
+
+def percent_columns(result: dict, ks: list[str] | None = None, rp: bool = True):
+    """``(names, values)`` of an evaluation result for a table, in percent (every table uses
+    this scale; ``--json`` keeps the fractions): Recall@K (``ks``: which K, default all), NMI,
+    MAP@R and (``rp``) R-Precision."""
+    ks = list(result["recall_at"]) if ks is None else ks
+    names = [f"R@{k}" for k in ks] + ["NMI", "MAP@R"] + (["RP"] if rp else [])
+    values = [100 * result["recall_at"][k] for k in ks]
+    values += [100 * (result["nmi"] or 0), 100 * result["map_at_r"]]
+    values += [100 * result["r_precision"]] if rp else []
+    return names, values

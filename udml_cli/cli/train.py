@@ -123,6 +123,8 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
     """The closing lines of a run: where it is, how long, the losses, the scores vs the start."""
     from rich.table import Table
 
+    from udml_cli.cli.evaluate import percent_columns
+
     parts = summary["last_step"]
     losses = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
     console.print(
@@ -140,11 +142,11 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
         title=f"{end['dataset']}/{end['split']}: start vs end (step {end['step']}), percent"
     )
     table.add_column("")
-    for col in [f"R@{k}" for k in ks] + ["NMI", "MAP@R"]:
+    for col in percent_columns(end, ks, rp=False)[0]:
         table.add_column(col, justify="right")
 
     def row(r: dict) -> list[float]:
-        return [100 * r["recall_at"][k] for k in ks] + [100 * (r["nmi"] or 0), 100 * r["map_at_r"]]
+        return percent_columns(r, ks, rp=False)[1]
 
     rows = [("start", row(start))] if start else []
     rows.append(("end", row(end)))
