@@ -10,6 +10,7 @@ from rich.table import Table
 
 from udml_cli.cli.common import (
     BackboneOpt,
+    CheckpointOpt,
     ConfigOpt,
     DataRootOpt,
     DeviceOpt,
@@ -28,9 +29,7 @@ def cluster(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (default: the checkpoint's).")
     ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint written by udml train.")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
     k: Annotated[

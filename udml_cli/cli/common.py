@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,6 +73,10 @@ DataRootOpt = Annotated[
     ),
 ]
 
+# the one spelling of a model checkpoint (udml eval also takes it as its argument)
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="Checkpoint written by udml train.")
+]
 BackboneOpt = Annotated[
     str | None,
     typer.Option(
@@ -132,8 +137,8 @@ def progress():
     plain timestamped lines every ``LOG_EVERY`` seconds and when a task ends."""
     if not console.is_terminal:
         return LogProgress()
-    # its own console without soft wrap: a live row wider than the terminal is cut with "…"
-    # instead of wrapping (wrapped rows are what repeat on every refresh)
+    # its own console without soft wrap, the description column cut with "…": one row per task
+    # whatever the window's width (tests/test_newcomer.py pins that layout)
     live = Console(stderr=True, highlight=False, markup=False)
     return Progress(
         TextColumn(
@@ -169,8 +174,6 @@ class LogProgress:
         return None
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **_):
-        import time
-
         now = time.monotonic()
         key = len(self.tasks)
         self.tasks[key] = {
@@ -186,8 +189,6 @@ class LogProgress:
 
     def update(self, task: int, advance: float | None = None, completed: float | None = None,
                description: str | None = None, total: float | None = None, **_) -> None:  # fmt: skip
-        import time
-
         t = self.tasks[task]
         if total is not None:
             t["total"] = total
@@ -203,8 +204,6 @@ class LogProgress:
             self._line(task, now)
 
     def _line(self, task: int, now: float) -> None:
-        import time
-
         t = self.tasks[task]
         t["printed"] = now
         done, total = t["done"], t["total"]

@@ -10,6 +10,7 @@ import typer
 
 from udml_cli.cli.common import (
     BackboneOpt,
+    CheckpointOpt,
     ConfigOpt,
     DeviceOpt,
     ImageSizeOpt,
@@ -23,9 +24,7 @@ from udml_cli.cli.common import (
 
 def embed(
     folder: Annotated[Path, typer.Argument(help="Folder of images.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint written by udml train.")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
     out: Annotated[
@@ -109,6 +108,5 @@ def _embed_to(target: Path, model, cfg, files, strict, bar, folder: Path):
     rows = RowFile(target)
     x, ok = embed_files(model, cfg, files, strict, bar, folder.name, allocate=rows.allocate)
     count, dim = x.shape
-    del x  # a view of the mapped file, released before it shrinks
     rows.finish(count)
     return count, dim, ok

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from udml_cli.cli.common import (
     BackboneOpt,
+    CheckpointOpt,
     ConfigOpt,
     DataRootOpt,
     DeviceOpt,
@@ -32,12 +33,7 @@ def evaluate(
             metavar="CHECKPOINT|RUN_DIR",
         ),
     ] = None,
-    checkpoint_opt: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint", help="The same as the argument (the spelling every command takes)."
-        ),
-    ] = None,
+    checkpoint_opt: CheckpointOpt = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (default: the checkpoint's).")
     ] = None,

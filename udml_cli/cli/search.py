@@ -10,6 +10,7 @@ from rich.table import Table
 
 from udml_cli.cli.common import (
     BackboneOpt,
+    CheckpointOpt,
     DeviceOpt,
     ImageSizeOpt,
     JsonOpt,
@@ -27,9 +28,7 @@ IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder made
 def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write or update.")],
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint written by udml train.")
-    ] = None,
+    checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
     image_size: ImageSizeOpt = None,
