@@ -98,9 +98,14 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
     at the start and the end (``train.final_eval``) and every ``train.eval_step`` epochs; the
     scores go to metrics.jsonl (``run_summary`` reads them back).
     ``set_values`` (``"section.key=value"``) and ``flags`` (dotted keys, ``None`` = unset) are
-    the CLI's spellings of ``sections``."""
+    the CLI's spellings of ``sections``.
+
+    Under torchrun every process calls this; rank 0 alone locks, replaces and writes the run
+    folder (see ``training``), the others compute their share."""
+    import contextlib
+
     from udml_cli.data.registry import resolve_dataset
-    from udml_cli.engine import resolve_engine
+    from udml_cli.engine import distributed_session, launched_rank, resolve_engine
     from udml_cli.errors import UsageError
     from udml_cli.fileio import ensure_writable_dir
     from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
@@ -123,7 +128,8 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
         if ask is None or not ask(question, refuse):
             raise UsageError(refuse)
 
-    with RunLock(out):
+    main = launched_rank()[0] == 0
+    with RunLock(out) if main else contextlib.nullcontext():
         checkpoint = payload = None
         if resume:
             checkpoint, payload = resume_checkpoint(out, asked)
@@ -134,7 +140,7 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
         if cfg.data.dataset is None:
             raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
         ref = resolve_dataset(cfg.data.dataset, cfg.data.data_root)
-        replacing = not resume and holds_run(out)
+        replacing = main and not resume and holds_run(out)
         if replacing and not replace:
             asked(
                 f"{out} holds a run. Start over and replace it?",
@@ -145,7 +151,8 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
         scorer = _scorer(cfg, ref, engine, progress)
         replaced = ReplacedRun(out) if replacing else None  # the new run starts empty
         try:
-            return trainer.run(checkpoint, scorer, payload)
+            with distributed_session(engine):
+                return trainer.run(checkpoint, scorer, payload)
         finally:
             if replaced is not None:
                 if (out / "last.pt").is_file():

@@ -1,7 +1,9 @@
 """The one place that decides how work runs: device, precision, workers, seeding, extraction.
 
-Every command builds an ``Engine`` from ``config.engine`` and goes through it; rank and world size
-are resolved here too, so torchrun/DDP can be added without touching callers.
+Every command builds an ``Engine`` from ``config.engine`` and goes through it. Under torchrun
+(``RANK``/``WORLD_SIZE`` set) the engine is also the distributed one: ``distributed_session``
+joins the process group (NCCL on CUDA, gloo on the CPU), ``extract`` shards its dataset across the
+ranks and gathers the rows, ``gather_batch`` puts the whole global batch on every rank.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ class Engine:
     extract_workers: int = 0  # DataLoader workers for no-grad extraction
     threads: int = 0  # torch intra-op threads while training (0: leave torch's choice)
     extract_threads: int = 0  # … while extracting
+    local_rank: int = 0
 
     def use_threads(self, n: int) -> None:
         """torch's intra-op threads to ``n`` for the work that follows (0 or the current value:
@@ -41,6 +45,75 @@ class Engine:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process, the process group joined (``distributed_session``)."""
+        import torch.distributed as dist
+
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def shard(self, n: int) -> range:
+        """This rank's contiguous share of ``n`` items (the first ``n % world`` take one more)."""
+        per, extra = divmod(n, self.world_size)
+        start = self.rank * per + min(self.rank, extra)
+        return range(start, start + per + (self.rank < extra))
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of ``x`` in rank order (counts may differ between ranks)."""
+        import torch.distributed as dist
+
+        x = x.to(self.device)
+        count = torch.tensor([len(x)], device=self.device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        padded = x.new_zeros((int(max(counts)), *x.shape[1:]))
+        padded[: len(x)] = x
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)])
+
+    def gather_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The global batch's rows (every rank holds an equal share) on every rank; gradients
+        flow into this rank's own rows only, the others are copies. The loss each rank computes
+        on it is therefore the single-process loss; scaled by the world size it gives, after
+        DDP averages the gradients, exactly the single-process gradient."""
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(parts, x.detach().contiguous())
+        parts[self.rank] = x
+        return torch.cat(parts)
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def from_main(self, obj):
+        """Rank 0's ``obj`` on every rank (itself where there is one process)."""
+        import torch.distributed as dist
+
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def wrap(self, module: torch.nn.Module, unused: bool = False) -> torch.nn.Module:
+        """``module`` under DistributedDataParallel when distributed (its construction copies
+        rank 0's parameters and buffers to every rank), else itself. ``unused``: some trained
+        parameters take no part in the forward (DDP must look for them every step)."""
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -78,8 +151,10 @@ class Engine:
         )
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int = 0) -> torch.device:
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if cuda and name in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", local_rank)  # torchrun: one GPU per local rank
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if name == "cuda" and not cuda:
@@ -89,8 +164,18 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def launched_rank() -> tuple[int, int, int, int]:
+    """``(rank, world size, local rank, local world size)`` as torchrun sets them (0, 1, 0, 1
+    in a plain process)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", 1))
+    return (int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)),
+            int(env.get("LOCAL_WORLD_SIZE", world)))  # fmt: skip
+
+
 def resolve_engine(cfg: EngineConfig) -> Engine:
-    device = _device(cfg.device)
+    rank, world, local_rank, local_world = launched_rank()
+    device = _device(cfg.device, local_rank)
     if cfg.precision == "auto":
         amp = torch.bfloat16 if device.type == "cuda" else None
     elif cfg.precision == "fp32":
@@ -100,7 +185,7 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
             raise UsageError("engine.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
         amp = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = max(1, (cores or 1) // local_world)  # the share of one process on this machine
     if cfg.workers == "auto":
         # measured in benchmarks/pipeline.py on 2 cores: a training step is long enough for one
         # worker to prefetch unnoticed, but during extraction a worker steals the cores the
@@ -115,7 +200,7 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
         # outnumber the free cores spin against it and the DataLoader worker (19 vs 33 img/s).
         # So: all cores unless something else is using the CPU right now; then the cores nobody
         # else uses, less one per DataLoader worker.
-        busy = others_busy()
+        busy = others_busy() if local_world == 1 else 0.0  # ranks start together: busy alike
         free = cores - round(min(busy, cores))  # the cores nobody else is using
         threads = max(1, free - workers) if busy >= 0.5 else cores
         extract_threads = max(1, free - extract_workers) if busy >= 0.5 else cores
@@ -126,11 +211,34 @@ def resolve_engine(cfg: EngineConfig) -> Engine:
     channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    return Engine(
-        device, amp, workers, channels_last, rank, world, extract_workers, threads, extract_threads
-    )
+    return Engine(device, amp, workers, channels_last, rank, world, extract_workers, threads,
+                  extract_threads, local_rank)  # fmt: skip
+
+
+@contextlib.contextmanager
+def distributed_session(engine: Engine):
+    """Join torchrun's process group for the work inside (NCCL on CUDA, gloo on the CPU) and
+    leave it after; nothing where there is one process."""
+    import torch.distributed as dist
+
+    if engine.world_size == 1 or dist.is_initialized():
+        yield engine
+        return
+    if engine.device.type == "cuda":
+        torch.cuda.set_device(engine.device)
+    dist.init_process_group("nccl" if engine.device.type == "cuda" else "gloo")
+    # the launcher stops the others with SIGTERM when one process fails: handled as Ctrl-C,
+    # so rank 0 keeps its last whole step in last.pt
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield engine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        dist.destroy_process_group()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def others_busy(seconds: float = 0.2) -> float:
@@ -201,6 +309,13 @@ def extract(
     image) through ``forward``; float32 rows and the keys, in dataset order. ``allocate(n, dim)``
     (e.g. ``npyfile.DiskRows``, a .npy on disk) receives the rows batch by batch, so memory stays flat."""
     engine.use_threads(engine.extract_threads)
+    if engine.distributed and allocate is None and len(dataset) >= engine.world_size:
+        # each rank extracts its share; every rank gets all rows back, in dataset order
+        part = torch.utils.data.Subset(dataset, list(engine.shard(len(dataset))))
+        rows, keys = extract(forward, part, replace(engine, world_size=1), batch_size,
+                             description, progress)  # fmt: skip
+        keys = engine.gather_rows(torch.from_numpy(keys)).cpu().numpy()
+        return engine.gather_rows(torch.from_numpy(rows)).cpu().numpy(), keys
     loader = engine.loader(dataset, batch_size)
     task = progress.add_task(description, total=len(dataset)) if progress else None
     rows = None

@@ -6,6 +6,7 @@ stderr and exits with ``exit_code``. No traceback ever reaches the user for thes
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -48,14 +49,23 @@ class RegistryError(UdmlError):
     """The dataset registry file is corrupt or cannot be written."""
 
 
+def quiet_rank() -> bool:
+    """A torchrun process other than rank 0: its notes would repeat rank 0's."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr (stdout carries data only)."""
+    if quiet_rank():
+        return
     sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()
 
 
 def note(message: str) -> None:
     """One ``note:`` line on stderr: something the user should know, not a problem."""
+    if quiet_rank():
+        return
     sys.stderr.write(f"note: {message}\n")
     sys.stderr.flush()
 

@@ -4,6 +4,12 @@ Reproducible to the bit on the CPU: the batches of epoch e depend only on (seed,
 image's augmentation and every iteration's dropout are seeded from (seed, e, i), so a run resumed
 from any checkpoint (including one written on Ctrl-C mid-epoch) ends with the same weights as an
 uninterrupted one.
+
+Under torchrun the same global batches are drawn on every rank and each rank loads and runs its
+contiguous share; the embeddings are gathered so the Weight loss mines the whole global batch
+(``Engine.gather_batch``), the rotated images are the same draw over the global batch, and DDP
+averages the gradients: the recipe and the loss curve do not change with the number of
+processes. Rank 0 alone clusters (the labels are broadcast), writes checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from udml_cli.clustering import diagnostics, kmeans
 from udml_cli.config import Config, auto_clusters
@@ -26,7 +34,7 @@ from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
 from udml_cli.errors import CheckpointError, DatasetError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
-from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
+from udml_cli.losses import rotate_batch, rotation_draw, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
 from udml_cli.models.net import build_model, init_head, trainable_backbone
 
@@ -126,6 +134,11 @@ class Trainer:
                 "(cluster sizes and the objective are logged)"
             )
         validate(cfg, len(samples))
+        if cfg.train.batch_size % engine.world_size:
+            raise UsageError(
+                f"train.batch_size ({cfg.train.batch_size}) must split evenly across the "
+                f"{engine.world_size} processes; choose a process count that divides it"
+            )
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_model(cfg.model))
         init_head(self.model, cfg.model)  # "pca" waits for the first clustering's features
@@ -146,6 +159,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, weight_decay=t.weight_decay)
         self.state = State()
         self.log_path = out / "metrics.jsonl"
+        self.main = engine.is_main  # rank 0 writes; the other ranks compute
+        self.forward = _Forward(self.model, engine)  # what DDP wraps (in ``run``)
 
     def _use_samples(self, samples) -> None:
         cfg = self.cfg
@@ -166,6 +181,8 @@ class Trainer:
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
+        if not self.main:
+            return
         record = {"event": event, "epoch": self.state.epoch, "step": self.state.step, **fields}
         append_line(self.log_path, json.dumps(record))
 
@@ -174,6 +191,8 @@ class Trainer:
         not the optimiser and cluster state a resume needs (3× smaller with Adam)."""
         s = self.state
         path = self.out / name
+        if not self.main:
+            return path
         state: dict = {"epoch": s.epoch, "iteration": s.iteration, "step": s.step}
         if full:
             state |= {
@@ -226,7 +245,7 @@ class Trainer:
     def _forget_steps_after(self, step: int) -> None:
         """A resume from an older checkpoint (kill -9, a damaged last.pt) redoes steps that
         metrics.jsonl already holds: drop those records so every step appears once."""
-        if not self.log_path.is_file():
+        if not self.main or not self.log_path.is_file():
             return
         kept = [
             line for line in self.log_path.read_text().splitlines()
@@ -251,7 +270,8 @@ class Trainer:
                 raise DatasetError(f"{paths[0]}: became unreadable during training; restore it")
             report_unreadable(paths, len(index), self.cfg.data.strict, f"{self.ref.name}/train")
             self._leave_out({self.plain.samples[i].rel for i in bad})
-            atomic_write_text(self.out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
+            if self.main:
+                atomic_write_text(self.out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
             note(f"{len(bad)} unreadable training images are left out: {self.out / 'skipped.txt'}")
             feat = feat[index != FAILED]
         if self.cfg.model.head_init == "pca" and self.state.centroids is None:
@@ -270,9 +290,12 @@ class Trainer:
         # warm start only from centroids of the same feature (the original, too, starts the
         # first embedding clustering after a pool5 one from k-means++)
         warm = s.centroids if c.warm_start and not first and s.cluster_feature == kind else None
-        result = kmeans(
-            x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
-        )
+        result = None
+        if self.main:  # once, on rank 0; every rank trains on its labels
+            result = kmeans(
+                x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
+            )
+        result = self.engine.from_main(result)
         # one assignment: an interrupt leaves either the old clustering or the new one, whole
         s.pseudo_labels, s.centroids, s.clustered_at, s.cluster_feature = (
             result.labels, result.centroids, s.epoch, kind,
@@ -290,48 +313,56 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """One batch. The backbone runs under the engine's autocast; the heads and both losses in
-        fp32 with autocast off (a bf16 similarity matrix is amplified by α = 40)."""
-        cfg, eng, m = self.cfg, self.engine, self.model
+        """One batch: ``images`` this rank's share, ``labels`` the whole global batch's. The
+        backbone runs under the engine's autocast; the heads and both losses in fp32 with
+        autocast off (a bf16 similarity matrix is amplified by α = 40)."""
+        cfg, eng = self.cfg, self.engine
         x = eng.to_device(images)
         y = labels.to(eng.device)
-        n = len(x)
+        n, world = len(x), eng.world_size if eng.distributed else 1
         rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
-        if rb:
-            pick = rotation_draw(n, rb).to(x.device)  # across the batch, seeded per iteration
+        pick = turns = None
+        if rb:  # the same draw over the global batch on every rank; each rotates its own picks
+            drawn = rotation_draw(len(y), rb)
+            pick = drawn[(drawn >= eng.rank * n) & (drawn < (eng.rank + 1) * n)] - eng.rank * n
+            pick = pick.to(x.device)
             rotated, turns = rotate_batch(x[pick])
             x = torch.cat([x, rotated])
-        with eng.autocast():
-            feat = m.features(x)
+        emb, logits = self.step_forward(x, n, pick)
         with torch.autocast(eng.device.type, enabled=False):
-            feat = feat.float()
-            emb = m.project(feat[:n])
             metric = weight_loss(
-                emb, y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin
-            )
-            loss = cfg.loss.metric_weight * metric
-            out = {"weight_loss": metric.item()}
+                eng.gather_batch(emb) if world > 1 else emb,
+                y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin,
+            )  # fmt: skip
+            local = cfg.loss.metric_weight * metric
+            rot = correct = torch.zeros((), device=x.device)
             if rb:
-                logits = m.rotation_head(torch.cat([feat[pick], feat[n:]]))
-                target = torch.cat([torch.zeros(rb, dtype=torch.long, device=x.device), turns])
-                rot = rotation_loss(logits, target)
-                loss = loss + cfg.loss.rot_weight * rot
-                out["rot_loss"] = rot.item()
-                out["rot_acc"] = float((logits.argmax(1) == target).float().mean())
-        if not torch.isfinite(loss):
+                target = torch.cat(
+                    [torch.zeros(len(pick), dtype=torch.long, device=x.device), turns]
+                )
+                # this rank's share of the mean over all 4·rb rotation logits of the batch
+                rot = F.cross_entropy(logits, target, reduction="sum") / (4 * rb)
+                correct = (logits.argmax(1) == target).sum()
+                local = local + cfg.loss.rot_weight * rot
+        rot_all, correct_all = eng.sum_over_ranks([rot.item(), float(correct)])
+        total = cfg.loss.metric_weight * metric.item() + cfg.loss.rot_weight * rot_all
+        if not np.isfinite(total):
             kept = (
                 f"the last good checkpoint is kept: {self.out / 'last.pt'}"
                 if (self.out / "last.pt").is_file()
                 else "no checkpoint had been written yet"
             )
             raise TrainingError(
-                f"loss became {loss.item()} at epoch {self.state.epoch + 1}, step "
+                f"loss became {total} at epoch {self.state.epoch + 1}, step "
                 f"{self.state.step}; stopped, {kept} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (local * world).backward()  # DDP averages the ranks' gradients: × world is the sum
         self.optimizer.step()
-        out["loss"] = loss.item()
+        out = {"weight_loss": metric.item()}
+        if rb:
+            out |= {"rot_loss": rot_all, "rot_acc": correct_all / (4 * rb)}
+        out["loss"] = total
         return out
 
     def run(
@@ -342,16 +373,22 @@ class Trainer:
         cfg, t, s = self.cfg, self.cfg.train, self.state
         if resume_from is not None:
             self.resume(resume_from, payload)  # every check first: a refused resume changes nothing
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.toml", cfg.to_toml())
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.toml", cfg.to_toml())
         if resume_from is not None:
             self._forget_steps_after(s.step)
             self.log("resume", checkpoint=str(resume_from), iteration=s.iteration)
         else:
-            self.log_path.write_text("")
+            if self.main:
+                self.log_path.write_text("")
             self.recluster(first=True)
             if evaluate is not None and t.final_eval:
                 self.log("eval", at="start", **evaluate(self.model))
+        # after the first clustering (a "pca" head is set from it): DDP starts from rank 0's weights
+        # (a rank without rotated images still runs the rotation head, on no rows)
+        rotating = cfg.loss.rot_weight > 0 and cfg.loss.rot_batch > 0
+        self.step_forward = self.engine.wrap(self.forward, unused=not rotating)
         sampler = PKSampler(s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch)
         total = t.epochs * len(sampler)
         done = s.epoch * len(sampler) + s.iteration
@@ -384,14 +421,28 @@ class Trainer:
                 self.save("last.pt")
                 self.log("interrupted", iteration=s.iteration)
             raise
+        except RuntimeError as e:
+            if not _peer_lost(e):
+                raise
+            # another rank died: every collective comes before the optimiser step, so the
+            # weights are those after step s.step, whole; keep them
+            self.save("last.pt")
+            self.log("interrupted", iteration=s.iteration)
+            raise TrainingError(
+                f"another process of the run stopped at step {s.step} ({str(e).strip()[:120]}); "
+                f"saved {last}: continue with --resume"
+            ) from None
         return last
 
     def run_epoch(self, sampler: PKSampler, task) -> None:
         cfg, s = self.cfg, self.state
         batches = sampler.epoch(s.epoch)[s.iteration :]
         base = _mix(cfg.train.seed, s.epoch)
+        share = self.engine.shard(cfg.train.batch_size)  # this rank's images of every batch
         seeded = [
-            [(i, _mix(base, s.iteration + b, j)) for j, i in enumerate(batch)]
+            [(i, _mix(base, s.iteration + b, j)) for j, i in enumerate(batch)][
+                share.start : share.stop
+            ]
             for b, batch in enumerate(batches)
         ]
         self.augmented.labels = s.pseudo_labels
@@ -399,12 +450,12 @@ class Trainer:
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
         self.engine.use_threads(self.engine.threads)
         tick, images_seen, losses = time.perf_counter(), 0, []
-        for images, labels in loader:
+        for (images, _), batch in zip(loader, batches, strict=True):
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
-            parts = self.train_step(images, labels)
+            parts = self.train_step(images, torch.from_numpy(s.pseudo_labels[batch]))
             s.iteration += 1
             s.step += 1
-            images_seen += len(images)
+            images_seen += len(batch)
             losses.append(parts["loss"])
             now = time.perf_counter()
             rate = images_seen / max(now - tick, 1e-9)
@@ -441,3 +492,30 @@ def recluster_note(epoch: int, iteration: int, per_epoch: int, up_step: int, epo
     if due >= epochs:
         return ""
     return f", re-cluster in {(due - epoch - 1) * per_epoch + per_epoch - iteration} it"
+
+
+def _peer_lost(e: RuntimeError) -> bool:
+    """A collective failed because another process of the run is gone (gloo raises a plain
+    RuntimeError naming itself, NCCL a DistError)."""
+    text = str(e)
+    return isinstance(e, torch.distributed.DistError) or "gloo" in text or "NCCL" in text
+
+
+class _Forward(nn.Module):
+    """One training forward: the backbone under the engine's autocast, the embedding head on the
+    first ``n`` rows and the rotation head on the ``pick``-ed rows and the rotated ones (after
+    row ``n``) in fp32. A module of its own so DDP wraps every trained parameter's use."""
+
+    def __init__(self, model: nn.Module, engine: Engine) -> None:
+        super().__init__()
+        self.model, self.engine = model, engine
+
+    def forward(self, x: torch.Tensor, n: int, pick: torch.Tensor | None):
+        m = self.model
+        with self.engine.autocast():
+            feat = m.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            feat = feat.float()
+            emb = m.project(feat[:n])
+            logits = None if pick is None else m.rotation_head(torch.cat([feat[pick], feat[n:]]))
+        return emb, logits

@@ -8,7 +8,17 @@ import sys
 import typer
 
 from udml_cli import __version__
-from udml_cli.cli import cluster, config_cmd, dataset, embed, evaluate, report, search, train
+from udml_cli.cli import (
+    cluster,
+    config_cmd,
+    dataset,
+    embed,
+    evaluate,
+    launch,
+    report,
+    search,
+    train,
+)
 from udml_cli.cli.common import say, set_data_stream
 from udml_cli.cli.help import UdmlTyper
 from udml_cli.errors import UdmlError, describe_os_error
@@ -121,6 +131,7 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Run udml with stdout reserved for data: everything else anyone prints goes to stderr."""
     args = sys.argv[1:] if argv is None else list(argv)
+    launch.ARGS = args
     if not args or any(a in ("--help", "-h", "--version") for a in args):
         app(args=args, prog_name="udml")  # help and version are the output: stdout
         return

@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
-from udml_cli.errors import UsageError
+from udml_cli.errors import UsageError, quiet_rank
 
 # markup off: user-supplied text (paths, keys, names with "[...]") is printed as it is; our own
 # styling goes through ``styled`` below
@@ -53,7 +53,10 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 
 
 def say(label: str, style: str, message: str) -> None:
-    """``label: message`` on stderr, on one line, the label styled."""
+    """``label: message`` on stderr, on one line, the label styled (rank 0's only, under
+    torchrun: the other processes' lines would repeat it)."""
+    if quiet_rank():
+        return
     console.print(styled((label, style), " ", one_line(message)), soft_wrap=True)
 
 
@@ -134,7 +137,12 @@ def emit_json(obj: Any) -> None:
 
 def progress():
     """Progress on stderr: a live rich bar at a terminal; in a log file (stderr redirected),
-    plain timestamped lines every ``LOG_EVERY`` seconds and when a task ends."""
+    plain timestamped lines every ``LOG_EVERY`` seconds and when a task ends; none in a
+    torchrun process other than rank 0."""
+    import contextlib
+
+    if quiet_rank():
+        return contextlib.nullcontext()
     if not console.is_terminal:
         return LogProgress()
     # its own console without soft wrap, the description column cut with "…": one row per task

@@ -54,6 +54,15 @@ def train(
     ] = None,
     strict: StrictOpt = False,
     yes: YesOpt = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train in N processes with DistributedDataParallel (gloo on the CPU, NCCL "
+            "with one GPU each); the batch is split, the recipe unchanged. Same as torchrun "
+            "--standalone --nproc-per-node N -m udml_cli train ….",
+        ),
+    ] = None,
 ) -> None:
     """Train an embedding without labels: k-means pseudo-labels + Weight loss + rotation loss.
 
@@ -62,14 +71,17 @@ def train(
     udml train --dataset emoji --config templates/demo.toml --out runs/demo
     udml train --dataset ~/photos --out runs/photos   # any folder of images, no labels
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
+    udml train --dataset cub --config cub --nproc 4   # 4 processes (DDP)
     """
     import time
 
     from udml_cli.api import run_summary
     from udml_cli.api import train as run_training
+    from udml_cli.cli import launch
     from udml_cli.cli.common import model_flags
     from udml_cli.config import load_config
     from udml_cli.data.registry import resolve_dataset
+    from udml_cli.engine import launched_rank
     from udml_cli.errors import UsageError
 
     if resume and out is None:
@@ -91,11 +103,21 @@ def train(
             announce_defaults(cfg)
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
     assert out is not None
+    world = launched_rank()[1]
+    if nproc and world == 1:  # this process starts the N that train
+        args = launch.without_nproc(launch.ARGS)
+        given = {a.split("=")[0] for a in args}
+        if not resume and flags["data.dataset"] and "--dataset" not in given:
+            args += ["--dataset", flags["data.dataset"]]  # answered at the prompt above
+        if not given & {"--out", "-o"}:
+            args += ["--out", str(out)]  # the default, decided once
+        launch.launch(nproc, args)
+        return
     started = time.perf_counter()
     try:
         with progress() as bar:
             last = run_training(
-                out, config, resume=resume, progress=bar, replace=yes, ask=lambda q, r: _ask(q, r, yes),
+                out, config, resume=resume, progress=bar, replace=yes, ask=lambda q, r: _ask(q, r, yes, world),
                 set_values=set_, flags=flags,
             )  # fmt: skip
     except KeyboardInterrupt:
@@ -104,7 +126,8 @@ def train(
         else:
             say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
         raise typer.Exit(130) from None
-    print_summary(run_summary(out), last, time.perf_counter() - started)
+    if launched_rank()[0] == 0:
+        print_summary(run_summary(out), last, time.perf_counter() - started)
 
 
 def announce_defaults(cfg) -> None:
@@ -158,6 +181,10 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
     console.print(table)
 
 
-def _ask(question: str, refuse: str, yes: bool) -> bool:
+def _ask(question: str, refuse: str, yes: bool, world: int = 1) -> bool:
+    """At a terminal, ask (``--yes``: yes); several processes (torchrun) never ask: each
+    would, so ``--yes`` decides for all."""
+    if world > 1:
+        return yes
     confirm(question, yes, refuse)
     return True
