@@ -145,3 +145,18 @@ def test_without_nproc_and_shards():
             ]
             assert [i for p in parts for i in p] == list(range(n))  # contiguous, whole, once
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_stml_in_two_processes_follows_one(layout, tmp_path):
+    """STML gathers f, g and the teacher's g view by view: the single-process row order. With
+    Adam the curves agree to 1e-6 (AdamP's projection test amplifies rounding more)."""
+    stml = ["--set", "train.method=stml", "--set", "stml.neighbors=2", "--set", "stml.aux_dim=32",
+            "--set", "train.up_step=1", "--set", "model.head_init=orthogonal"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(layout, one, *stml, "--epochs", "3")
+    _train(layout, two, *stml, "--epochs", "3", "--nproc", "2")
+    a, b = _losses(one), _losses(two)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 10))
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(_weights(one)["neighbours"], _weights(two)["neighbours"])

@@ -204,7 +204,9 @@ def run_summary(out: str | Path) -> dict:
         "seconds": round(sum(r["seconds"] for r in epochs), 1),
         "mean_loss": epochs[-1]["mean_loss"] if epochs else None,
         "last_step": {
-            k: last_step[k] for k in ("loss", "weight_loss", "rot_loss") if k in last_step
+            k: last_step[k]
+            for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
+            if k in last_step
         },
         "start": evals[0] if evals and evals[0]["step"] == 0 else None,
         "end": evals[-1] if evals and evals[-1]["step"] > 0 else None,

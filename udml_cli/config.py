@@ -65,10 +65,11 @@ class ModelConfig(_Section):
         description="fraction of the backbone's parameter tensors, from the input side, kept fixed "
         "while training (0: train all, the paper; 1: train the heads only)",
     )
-    head_init: Literal["random", "pca", "identity"] = Field(
+    head_init: Literal["random", "pca", "identity", "orthogonal"] = Field(
         "random",
-        description="embedding head init: random (paper), PCA of the start features, or identity "
-        "(needs dim = backbone feature size: training starts exactly at the pretrained metric)",
+        description="embedding head init: random (paper), PCA of the start features, identity "
+        "(needs dim = backbone feature size: training starts exactly at the pretrained metric), "
+        "or orthogonal with zero bias (STML's code)",
     )
 
 
@@ -111,6 +112,19 @@ class ClusterConfig(_Section):
 
 
 class TrainConfig(_Section):
+    method: Literal["udml-ss", "stml"] = Field(
+        "udml-ss",
+        description="udml-ss: k-means pseudo-labels, Weight + rotation loss (the paper); stml: "
+        "self-taught metric learning (EMA teacher, contextual similarity; the [stml] section)",
+    )
+    optimizer: Literal["adam", "adamp"] = Field(
+        "adam", description="adam (UDML-SS) or adamp (AdamP with Nesterov, STML's code)"
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="learning rates: constant, or cosine-annealed over train.epochs (a --resume "
+        "with other --epochs reshapes the rest of the curve)",
+    )
     epochs: int = Field(600, ge=1, le=BIG)
     batch_size: int = Field(80, ge=2, le=65536, description="P x K images per batch")
     instances: int = Field(5, ge=2, le=4096, description="K: images per cluster in a batch")
@@ -121,7 +135,9 @@ class TrainConfig(_Section):
     head_lr: float = Field(1e-5, gt=0, le=10, description="embedding head learning rate")
     rot_lr: float = Field(1e-5, gt=0, le=10, description="rotation head learning rate")
     weight_decay: float = Field(5e-4, ge=0, le=10)
-    up_step: int = Field(5, ge=1, le=BIG, description="re-cluster every N epochs")
+    up_step: int = Field(
+        5, ge=1, le=BIG, description="re-cluster (stml: find the neighbours again) every N epochs"
+    )
     save_step: int = Field(50, ge=1, le=BIG, description="checkpoint every N epochs")
     eval_step: int = Field(
         0, ge=0, le=BIG, description="evaluate on the test split every N epochs (0: off)"
@@ -139,12 +155,29 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:
-        if self.batch_size % self.instances:
+        if self.method == "udml-ss" and self.batch_size % self.instances:
             raise ValueError(
                 f"train.batch_size ({self.batch_size}) must be a multiple of "
                 f"train.instances ({self.instances})"
             )
         return self
+
+
+class StmlConfig(_Section):
+    """STML (Kim et al., CVPR 2022), used with train.method = "stml"; defaults: its CUB recipe."""
+
+    sigma: float = Field(3.0, gt=0, le=1e4, description="teacher similarity exp(-d^2 / sigma)")
+    delta: float = Field(1.0, gt=0, le=100, description="margin of the relaxed contrastive push")
+    neighbors: int = Field(
+        5, ge=1, le=1000,
+        description="images per query in a batch: the query and its nearest neighbours in the "
+        "student's g embedding; the contextual similarity uses neighbors x views",
+    )  # fmt: skip
+    views: int = Field(2, ge=1, le=16, description="augmented views of every image in a batch")
+    momentum: float = Field(0.999, ge=0, lt=1, description="EMA momentum of the teacher")
+    aux_dim: int = Field(
+        1024, ge=2, le=65536, description="size of the g embedding the teacher gives targets in"
+    )
 
 
 class EvalConfig(_Section):
@@ -181,12 +214,22 @@ class Config(_Section):
     loss: LossConfig = LossConfig()
     cluster: ClusterConfig = ClusterConfig()
     train: TrainConfig = TrainConfig()
+    stml: StmlConfig = StmlConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="after")
     def _trainable(self) -> Config:
         """Across sections, what no data can make right (the data's checks: training.validate)."""
+        if self.train.method == "stml":
+            if self.train.batch_size % self.stml.neighbors:
+                raise ValueError(
+                    f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                    f"stml.neighbors ({self.stml.neighbors})"
+                )
+            if self.model.head_init == "pca":
+                raise ValueError("model.head_init = pca is for udml-ss; use orthogonal or identity")
+            return self  # the [loss] section is UDML-SS's
         if self.loss.rot_batch > self.train.batch_size:
             raise ValueError(
                 f"loss.rot_batch ({self.loss.rot_batch}) exceeds train.batch_size "

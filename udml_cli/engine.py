@@ -53,11 +53,13 @@ class Engine:
 
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
-    def shard(self, n: int) -> range:
-        """This rank's contiguous share of ``n`` items (the first ``n % world`` take one more)."""
+    def shard(self, n: int, rank: int | None = None) -> range:
+        """This rank's (or ``rank``'s) contiguous share of ``n`` items (the first ``n % world``
+        take one more)."""
+        rank = self.rank if rank is None else rank
         per, extra = divmod(n, self.world_size)
-        start = self.rank * per + min(self.rank, extra)
-        return range(start, start + per + (self.rank < extra))
+        start = rank * per + min(rank, extra)
+        return range(start, start + per + (rank < extra))
 
     def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's rows of ``x`` in rank order (counts may differ between ranks)."""

@@ -208,7 +208,8 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     ref = resolve_dataset(payload.get("dataset") or cfg.data.dataset, cfg.data.data_root)
     skipped = set(payload.get("skipped", []))
     train = [s for s in read_split(ref, "train") if s.rel not in skipped]
-    pseudo = payload["pseudo_labels"].numpy()
+    pseudo = payload.get("pseudo_labels")  # UDML-SS's; STML has no pseudo-classes
+    pseudo = pseudo.numpy() if pseudo is not None else np.zeros(0, np.int64)
     sections = [("Training", curves(run_dir))] if (run_dir / "metrics.jsonl").is_file() else []
     if len(train) == len(pseudo):
         sizes = np.bincount(pseudo, minlength=cfg.cluster.num_clusters).tolist()

@@ -15,6 +15,7 @@ processes. Rank 0 alone clusters (the labels are broadcast), writes checkpoints 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,22 @@ from udml_cli.config import Config, auto_clusters
 from udml_cli.data.images import FAILED, ImageDataset, SeededImages, report_unreadable
 from udml_cli.data.layout import read_split
 from udml_cli.data.registry import DatasetRef
-from udml_cli.data.sampler import PKSampler
+from udml_cli.data.sampler import NeighbourSampler, PKSampler
 from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
 from udml_cli.errors import CheckpointError, DatasetError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
 from udml_cli.losses import rotate_batch, rotation_draw, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
-from udml_cli.models.net import build_model, init_head, trainable_backbone
+from udml_cli.models.net import aux_dim, build_model, init_head, trainable_backbone
+from udml_cli.stml import (
+    StudentForward,
+    ema_update,
+    make_teacher,
+    nearest,
+    neighbour_precision,
+    stml_step,
+)  # fmt: skip
 
 
 def _mix(*parts: int) -> int:
@@ -50,13 +59,27 @@ class State:
     step: int = 0  # batches done in total
     pseudo_labels: np.ndarray | None = None
     centroids: np.ndarray | None = None
-    clustered_at: int = -1  # the epoch whose re-clustering produced pseudo_labels/centroids
+    clustered_at: int = -1  # the epoch whose re-clustering (stml: neighbour search) is in use
     cluster_feature: str = ""  # the feature those centroids live in (warm starts need the same)
+    neighbours: np.ndarray | None = None  # stml: every image's nearest neighbours (n, k)
+
+    @property
+    def ready(self) -> bool:
+        """Batches can be drawn (the first clustering or neighbour search is done)."""
+        return self.pseudo_labels is not None or self.neighbours is not None
 
 
 def validate(cfg: Config, n_train: int) -> None:
     """Refuse settings impossible for this data before any work starts, naming the setting to
     change (the checks that need no data are the config's own validators)."""
+    if cfg.train.method == "stml":
+        queries, k = cfg.train.batch_size // cfg.stml.neighbors, cfg.stml.neighbors
+        if max(queries, k) > n_train:
+            raise UsageError(
+                f"a batch of {cfg.train.batch_size} = {queries} queries × {k} neighbours needs "
+                f"more than the {n_train} training images; lower train.batch_size"
+            )
+        return
     k, p = cfg.cluster.num_clusters, cfg.train.batch_size // cfg.train.instances
     if k > n_train:
         raise UsageError(
@@ -121,7 +144,8 @@ class Trainer:
     def __init__(self, cfg: Config, ref: DatasetRef, out: Path, engine: Engine, progress=None):
         self.cfg, self.ref, self.out, self.engine, self.progress = cfg, ref, out, engine, progress
         samples = read_split(ref, "train")
-        if cfg.cluster.num_clusters == "auto":
+        self.stml = cfg.train.method == "stml"
+        if cfg.cluster.num_clusters == "auto" and not self.stml:
             k = auto_clusters(len(samples), cfg.train.batch_size // cfg.train.instances)
             cfg.cluster.num_clusters = k
             note(
@@ -140,8 +164,9 @@ class Trainer:
                 f"{engine.world_size} processes; choose a process count that divides it"
             )
         seed_everything(cfg.train.seed)
-        self.model = engine.prepare_model(build_model(cfg.model))
+        self.model = engine.prepare_model(build_model(cfg.model, aux_dim=aux_dim(cfg)))
         init_head(self.model, cfg.model)  # "pca" waits for the first clustering's features
+        self.teacher = make_teacher(self.model) if self.stml else None
         self.skipped: list[str] = []  # unreadable training images (relative paths), left out
         self._use_samples(samples)
         t = cfg.train
@@ -152,15 +177,25 @@ class Trainer:
                 "lr": t.lr,
                 "name": "backbone",
             },
-            {"params": list(m.head.parameters()), "lr": t.head_lr, "name": "head"},
-            {"params": list(m.rotation_head.parameters()), "lr": t.rot_lr, "name": "rotation"},
-        ]
+            {"params": [*m.head.parameters(), *(m.aux_head.parameters() if m.aux_head else [])],
+             "lr": t.head_lr, "name": "head"},
+            {"params": list(m.rotation_head.parameters()) if m.rotation_head else [],
+             "lr": t.rot_lr, "name": "rotation"},
+        ]  # fmt: skip
         groups = [g for g in groups if g["params"]]
-        self.optimizer = torch.optim.Adam(groups, weight_decay=t.weight_decay)
+        if t.optimizer == "adamp":  # STML's code: AdamP with Nesterov momentum
+            from adamp import AdamP
+
+            self.optimizer = AdamP(groups, weight_decay=t.weight_decay, nesterov=True)
+        else:
+            self.optimizer = torch.optim.Adam(groups, weight_decay=t.weight_decay)
         self.state = State()
         self.log_path = out / "metrics.jsonl"
         self.main = engine.is_main  # rank 0 writes; the other ranks compute
-        self.forward = _Forward(self.model, engine)  # what DDP wraps (in ``run``)
+        # what DDP wraps (in ``run``)
+        self.forward = (
+            StudentForward(self.model, engine) if self.stml else _Forward(self.model, engine)
+        )
 
     def _use_samples(self, samples) -> None:
         cfg = self.cfg
@@ -197,12 +232,20 @@ class Trainer:
         if full:
             state |= {
                 "optimizer": self.optimizer.state_dict(),
-                "pseudo_labels": torch.from_numpy(s.pseudo_labels),
-                "centroids": torch.from_numpy(s.centroids),
                 "clustered_at": s.clustered_at,
-                "cluster_feature": s.cluster_feature,
                 "skipped": list(self.skipped),
             }
+            if self.stml:
+                state |= {
+                    "neighbours": torch.from_numpy(s.neighbours),
+                    "teacher": self.teacher.state_dict(),
+                }
+            else:
+                state |= {
+                    "pseudo_labels": torch.from_numpy(s.pseudo_labels),
+                    "centroids": torch.from_numpy(s.centroids),
+                    "cluster_feature": s.cluster_feature,
+                }
         save_checkpoint(path, self.model, self.cfg, self.ref.spec or self.ref.name, **state)
         return path
 
@@ -213,16 +256,19 @@ class Trainer:
             payload = load_checkpoint(path, training=True)
         changes = resume_changes(payload["config"], self.cfg, path)
         self._leave_out(set(payload.get("skipped", [])))
-        labels = payload["pseudo_labels"].numpy()
+        labels = payload["neighbours" if self.stml else "pseudo_labels"].numpy()
         if len(labels) != len(self.plain):
             raise UsageError(
                 f"{path}: the run was trained on {len(labels)} images but {self.ref.name} now has "
                 f"{len(self.plain)} training images; the dataset changed: start a new run (--out)"
             )
-        if labels.min(initial=0) < 0 or labels.max(initial=0) >= self.cfg.cluster.num_clusters:
-            raise CheckpointError(f"{path}: damaged: pseudo-labels outside 0..num_clusters-1")
+        top = len(labels) if self.stml else self.cfg.cluster.num_clusters
+        if labels.min(initial=0) < 0 or labels.max(initial=0) >= top:
+            raise CheckpointError(f"{path}: damaged: pseudo-labels or neighbours out of range")
         try:
             self.model.load_state_dict(payload["model"])
+            if self.stml:
+                self.teacher.load_state_dict(payload["teacher"])
             self.optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0][:160]
@@ -234,6 +280,10 @@ class Trainer:
             note(f"resume: {key} changed {old} → {new}; applied from step {payload['step']}")
         s = self.state
         s.epoch, s.iteration, s.step = payload["epoch"], payload["iteration"], payload["step"]
+        if self.stml:
+            s.neighbours = labels
+            s.clustered_at = int(payload["clustered_at"])
+            return
         s.pseudo_labels = labels
         s.centroids = payload["centroids"].numpy()
         up = self.cfg.train.up_step
@@ -257,7 +307,8 @@ class Trainer:
     @torch.no_grad()
     def clustered_feature(self, kind: str) -> np.ndarray:
         """The feature k-means sees for every training image (centre crop, no augmentation):
-        ``embedding``, the L2-normalised pooled ``backbone`` feature or the raw one."""
+        ``embedding``, the L2-normalised pooled ``backbone`` feature, the raw one, or STML's
+        g embedding (``aux``)."""
         self.model.eval()
         feat, index = extract(
             self.model.features, self.plain, self.engine, self.cfg.eval.batch_size,
@@ -266,7 +317,7 @@ class Trainer:
         bad = (index == FAILED).nonzero()[0]
         if len(bad):
             paths = [str(self.plain.paths[i]) for i in bad]
-            if self.state.pseudo_labels is not None:  # readable before: changed during the run
+            if self.state.ready:  # readable before: changed during the run
                 raise DatasetError(f"{paths[0]}: became unreadable during training; restore it")
             report_unreadable(paths, len(index), self.cfg.data.strict, f"{self.ref.name}/train")
             self._leave_out({self.plain.samples[i].rel for i in bad})
@@ -278,10 +329,38 @@ class Trainer:
             self.model.head.init_pca(feat)  # first clustering of a fresh run
         if kind == "backbone-raw":
             return feat
+        if kind == "aux":
+            g = self.model.aux_head(torch.from_numpy(feat).to(self.engine.device))
+            return g.float().cpu().numpy()
         if kind == "backbone":
             return feat / np.linalg.norm(feat, axis=1, keepdims=True).clip(1e-12)
         proj = self.model.project(torch.from_numpy(feat).to(self.engine.device))
         return proj.float().cpu().numpy()
+
+    def find_neighbours(self) -> None:
+        """STML: every image's ``stml.neighbors`` nearest (itself included) in the student's g
+        embedding, found on rank 0 and sent to the others."""
+        s = self.state
+        x = self.clustered_feature("aux")
+        found = nearest(x, self.cfg.stml.neighbors) if self.main else None
+        s.neighbours, s.clustered_at = self.engine.from_main(found), s.epoch
+        extra = {}
+        if self.ref.labelled:
+            extra["precision"] = neighbour_precision(s.neighbours, np.asarray(self.plain.labels))
+        self.log("neighbours", k=self.cfg.stml.neighbors, **extra)
+
+    def refresh(self, first: bool) -> None:
+        """What the batches are drawn from: the k-means pseudo-labels, or STML's neighbours."""
+        if self.stml:
+            self.find_neighbours()
+        else:
+            self.recluster(first)
+
+    def sampler(self):
+        s, t = self.state, self.cfg.train
+        if self.stml:
+            return NeighbourSampler(s.neighbours, t.batch_size, t.seed, t.iters_per_epoch)
+        return PKSampler(s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch)
 
     def recluster(self, first: bool) -> None:
         c, s = self.cfg.cluster, self.state
@@ -313,56 +392,26 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """One batch: ``images`` this rank's share, ``labels`` the whole global batch's. The
-        backbone runs under the engine's autocast; the heads and both losses in fp32 with
-        autocast off (a bf16 similarity matrix is amplified by α = 40)."""
-        cfg, eng = self.cfg, self.engine
-        x = eng.to_device(images)
-        y = labels.to(eng.device)
-        n, world = len(x), eng.world_size if eng.distributed else 1
-        rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
-        pick = turns = None
-        if rb:  # the same draw over the global batch on every rank; each rotates its own picks
-            drawn = rotation_draw(len(y), rb)
-            pick = drawn[(drawn >= eng.rank * n) & (drawn < (eng.rank + 1) * n)] - eng.rank * n
-            pick = pick.to(x.device)
-            rotated, turns = rotate_batch(x[pick])
-            x = torch.cat([x, rotated])
-        emb, logits = self.step_forward(x, n, pick)
-        with torch.autocast(eng.device.type, enabled=False):
-            metric = weight_loss(
-                eng.gather_batch(emb) if world > 1 else emb,
-                y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin,
-            )  # fmt: skip
-            local = cfg.loss.metric_weight * metric
-            rot = correct = torch.zeros((), device=x.device)
-            if rb:
-                target = torch.cat(
-                    [torch.zeros(len(pick), dtype=torch.long, device=x.device), turns]
-                )
-                # this rank's share of the mean over all 4·rb rotation logits of the batch
-                rot = F.cross_entropy(logits, target, reduction="sum") / (4 * rb)
-                correct = (logits.argmax(1) == target).sum()
-                local = local + cfg.loss.rot_weight * rot
-        rot_all, correct_all = eng.sum_over_ranks([rot.item(), float(correct)])
-        total = cfg.loss.metric_weight * metric.item() + cfg.loss.rot_weight * rot_all
-        if not np.isfinite(total):
+        """One batch: ``images`` this rank's share, ``labels`` the whole global batch's
+        pseudo-labels (stml: which image each row is a view of)."""
+        eng = self.engine
+        step = stml_step if self.stml else _udml_step
+        out, local = step(self, images, labels)
+        if not np.isfinite(out["loss"]):
             kept = (
                 f"the last good checkpoint is kept: {self.out / 'last.pt'}"
                 if (self.out / "last.pt").is_file()
                 else "no checkpoint had been written yet"
             )
             raise TrainingError(
-                f"loss became {total} at epoch {self.state.epoch + 1}, step "
+                f"loss became {out['loss']} at epoch {self.state.epoch + 1}, step "
                 f"{self.state.step}; stopped, {kept} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        (local * world).backward()  # DDP averages the ranks' gradients: × world is the sum
+        (local * (eng.world_size if eng.distributed else 1)).backward()  # DDP averages: × N sums
+        if self.teacher is not None:  # before the step, as STML's code
+            ema_update(self.teacher, self.model, self.cfg.stml.momentum)
         self.optimizer.step()
-        out = {"weight_loss": metric.item()}
-        if rb:
-            out |= {"rot_loss": rot_all, "rot_acc": correct_all / (4 * rb)}
-        out["loss"] = total
         return out
 
     def run(
@@ -382,14 +431,14 @@ class Trainer:
         else:
             if self.main:
                 self.log_path.write_text("")
-            self.recluster(first=True)
+            self.refresh(first=True)
             if evaluate is not None and t.final_eval:
                 self.log("eval", at="start", **evaluate(self.model))
         # after the first clustering (a "pca" head is set from it): DDP starts from rank 0's weights
         # (a rank without rotated images still runs the rotation head, on no rows)
         rotating = cfg.loss.rot_weight > 0 and cfg.loss.rot_batch > 0
-        self.step_forward = self.engine.wrap(self.forward, unused=not rotating)
-        sampler = PKSampler(s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch)
+        self.step_forward = self.engine.wrap(self.forward, unused=not (rotating or self.stml))
+        sampler = self.sampler()
         total = t.epochs * len(sampler)
         done = s.epoch * len(sampler) + s.iteration
         task = (
@@ -402,10 +451,8 @@ class Trainer:
             while s.epoch < t.epochs:
                 due = s.iteration == 0 and s.epoch > 0 and s.epoch % t.up_step == 0
                 if due and s.clustered_at != s.epoch:  # not already done before an interrupt
-                    self.recluster(first=False)
-                    sampler = PKSampler(
-                        s.pseudo_labels, t.batch_size, t.instances, t.seed, t.iters_per_epoch
-                    )
+                    self.refresh(first=False)
+                    sampler = self.sampler()
                 self.run_epoch(sampler, task)
                 s.epoch, s.iteration = s.epoch + 1, 0
                 if s.epoch % t.save_step == 0 or s.epoch == t.epochs:
@@ -417,7 +464,7 @@ class Trainer:
                     at = "end" if s.epoch == t.epochs else "epoch"
                     self.log("eval", at=at, **evaluate(self.model))
         except KeyboardInterrupt:
-            if s.pseudo_labels is not None:  # nothing worth keeping before the first clustering
+            if s.ready:  # nothing worth keeping before the first clustering
                 self.save("last.pt")
                 self.log("interrupted", iteration=s.iteration)
             raise
@@ -434,25 +481,27 @@ class Trainer:
             ) from None
         return last
 
-    def run_epoch(self, sampler: PKSampler, task) -> None:
-        cfg, s = self.cfg, self.state
+    def run_epoch(self, sampler, task) -> None:
+        cfg, s, eng = self.cfg, self.state, self.engine
         batches = sampler.epoch(s.epoch)[s.iteration :]
         base = _mix(cfg.train.seed, s.epoch)
-        share = self.engine.shard(cfg.train.batch_size)  # this rank's images of every batch
+        size = cfg.train.batch_size
+        views = cfg.stml.views if self.stml else 1
+        share = eng.shard(size)  # this rank's images of every batch, each in ``views`` views
         seeded = [
-            [(i, _mix(base, s.iteration + b, j)) for j, i in enumerate(batch)][
-                share.start : share.stop
-            ]
+            [(batch[j], _mix(base, s.iteration + b, j + v * size))
+             for v in range(views) for j in share]
             for b, batch in enumerate(batches)
-        ]
-        self.augmented.labels = s.pseudo_labels
+        ]  # fmt: skip
+        self.augmented.labels = s.pseudo_labels if not self.stml else np.zeros(len(self.plain), int)
+        self._set_lr()
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
         self.engine.use_threads(self.engine.threads)
         tick, images_seen, losses = time.perf_counter(), 0, []
         for (images, _), batch in zip(loader, batches, strict=True):
             torch.manual_seed(_mix(base, s.iteration, 1 << 20))  # dropout etc.
-            parts = self.train_step(images, torch.from_numpy(s.pseudo_labels[batch]))
+            parts = self.train_step(images, self._batch_labels(batch))
             s.iteration += 1
             s.step += 1
             images_seen += len(batch)
@@ -474,12 +523,31 @@ class Trainer:
                 partial=len(losses) < len(sampler),
             )  # fmt: skip
 
+    def _batch_labels(self, batch: list[int]) -> torch.Tensor:
+        """What the loss needs of the global batch: UDML-SS the pseudo-labels; STML which image
+        each row is a view of (all images' first view, then the second …)."""
+        if self.stml:
+            return torch.from_numpy(np.tile(np.asarray(batch), self.cfg.stml.views))
+        return torch.from_numpy(self.state.pseudo_labels[batch])
+
+    def _set_lr(self) -> None:
+        """The learning rates of this epoch: the config's, cosine-annealed over train.epochs
+        (``train.schedule``, as torch's CosineAnnealingLR stepped once per epoch)."""
+        t = self.cfg.train
+        scale = 0.5 * (1 + math.cos(math.pi * self.state.epoch / t.epochs))
+        for group in self.optimizer.param_groups:
+            lr = _group_lr(self.cfg, group.get("name"))
+            group["lr"] = lr * scale if t.schedule == "cosine" else lr
+
     def _describe(self, parts: dict, rate: float, per_epoch: int) -> str:
         s, t = self.state, self.cfg.train
-        rot = f" rot {parts['rot_loss']:.3f}" if "rot_loss" in parts else ""
+        if self.stml:
+            detail = f"rc {parts['rc_loss']:.3f} kl {parts['kl_loss']:.3f}"
+        else:
+            rot = f" rot {parts['rot_loss']:.3f}" if "rot_loss" in parts else ""
+            detail = f"weight {parts['weight_loss']:.3f}{rot}"
         text = (
-            f"epoch {s.epoch + 1}/{t.epochs} loss {parts['loss']:.3f} (weight "
-            f"{parts['weight_loss']:.3f}{rot}) {rate:.0f} img/s"
+            f"epoch {s.epoch + 1}/{t.epochs} loss {parts['loss']:.3f} ({detail}) {rate:.0f} img/s"
         )
         return text + recluster_note(s.epoch, s.iteration, per_epoch, t.up_step, t.epochs)
 
@@ -492,6 +560,45 @@ def recluster_note(epoch: int, iteration: int, per_epoch: int, up_step: int, epo
     if due >= epochs:
         return ""
     return f", re-cluster in {(due - epoch - 1) * per_epoch + per_epoch - iteration} it"
+
+
+def _udml_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor):
+    """UDML-SS's losses of one batch and the loss to back-propagate on this rank. The backbone
+    runs under the engine's autocast; the heads and both losses in fp32 with autocast off (a
+    bf16 similarity matrix is amplified by α = 40)."""
+    cfg, eng = trainer.cfg, trainer.engine
+    x = eng.to_device(images)
+    y = labels.to(eng.device)
+    n, world = len(x), eng.world_size if eng.distributed else 1
+    rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
+    pick = turns = None
+    if rb:  # the same draw over the global batch on every rank; each rotates its own picks
+        drawn = rotation_draw(len(y), rb)
+        pick = drawn[(drawn >= eng.rank * n) & (drawn < (eng.rank + 1) * n)] - eng.rank * n
+        pick = pick.to(x.device)
+        rotated, turns = rotate_batch(x[pick])
+        x = torch.cat([x, rotated])
+    emb, logits = trainer.step_forward(x, n, pick)
+    with torch.autocast(eng.device.type, enabled=False):
+        metric = weight_loss(
+            eng.gather_batch(emb) if world > 1 else emb,
+            y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin,
+        )  # fmt: skip
+        local = cfg.loss.metric_weight * metric
+        rot = correct = torch.zeros((), device=x.device)
+        if rb:
+            target = torch.cat([torch.zeros(len(pick), dtype=torch.long, device=x.device), turns])
+            # this rank's share of the mean over all 4·rb rotation logits of the batch
+            rot = F.cross_entropy(logits, target, reduction="sum") / (4 * rb)
+            correct = (logits.argmax(1) == target).sum()
+            local = local + cfg.loss.rot_weight * rot
+    rot_all, correct_all = eng.sum_over_ranks([rot.item(), float(correct)])
+    total = cfg.loss.metric_weight * metric.item() + cfg.loss.rot_weight * rot_all
+    out = {"weight_loss": metric.item()}
+    if rb:
+        out |= {"rot_loss": rot_all, "rot_acc": correct_all / (4 * rb)}
+    out["loss"] = total
+    return out, local
 
 
 def _peer_lost(e: RuntimeError) -> bool:

@@ -53,10 +53,11 @@ def save_checkpoint(path: str | os.PathLike, model, cfg: Config, dataset: str, *
 
 # what every checkpoint holds, and what a training (resumable) one holds besides
 _REQUIRED = {"config": dict, "model": dict}
-_TRAINING = {
-    "epoch": int, "iteration": int, "step": int, "optimizer": dict,
-    "pseudo_labels": torch.Tensor, "centroids": torch.Tensor,
-}  # fmt: skip
+_TRAINING = {"epoch": int, "iteration": int, "step": int, "optimizer": dict}
+_METHOD = {  # … and what each method's state adds
+    "udml-ss": {"pseudo_labels": torch.Tensor, "centroids": torch.Tensor},
+    "stml": {"neighbours": torch.Tensor, "teacher": dict},
+}
 
 
 def _check_fields(payload: dict, fields: dict, path: Path, what: str) -> None:
@@ -106,21 +107,26 @@ def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
         )
     _check_fields(payload, _REQUIRED, path, "")
     if training:
-        _check_fields(payload, _TRAINING, path, "; it cannot be resumed from")
-        if payload["pseudo_labels"].dim() != 1 or payload["centroids"].dim() != 2:
+        method = (payload["config"].get("train") or {}).get("method", "udml-ss")
+        fields = _TRAINING | _METHOD.get(method, {})
+        _check_fields(payload, fields, path, "; it cannot be resumed from")
+        if method == "stml":
+            if payload["neighbours"].dim() != 2:
+                raise CheckpointError(f"{path}: damaged udml checkpoint (neighbour state)")
+        elif payload["pseudo_labels"].dim() != 1 or payload["centroids"].dim() != 2:
             raise CheckpointError(f"{path}: damaged udml checkpoint (cluster state)")
     return payload
 
 
 def model_from_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint"):
     """Rebuild the network of a checkpoint (no weights download: they are in the file)."""
-    from udml_cli.models.net import build_model
+    from udml_cli.models.net import aux_dim, build_model
 
     try:
         cfg = config_from_dict(payload["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config is not valid ({e})") from None
-    model = build_model(cfg.model, head=True, weights="none", quiet=True)
+    model = build_model(cfg.model, head=True, weights="none", quiet=True, aux_dim=aux_dim(cfg))
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:

@@ -18,8 +18,9 @@ class EmbeddingNet(nn.Module):
     """
 
     def __init__(
-        self, backbone, dim: int | None, rotation: bool = True, dropout: bool = False
-    ) -> None:
+        self, backbone, dim: int | None, rotation: bool = True, dropout: bool = False,
+        aux_dim: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.dropout = dropout
         self.backbone = backbone.module
@@ -28,6 +29,8 @@ class EmbeddingNet(nn.Module):
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
         self.head = EmbeddingHead(self.feat_dim, dim) if dim else None
         self.rotation_head = RotationHead(self.feat_dim) if rotation else None
+        # STML's g embedding (the teacher's targets live in it); not part of the embedding
+        self.aux_head = nn.Linear(self.feat_dim, aux_dim) if aux_dim else None
 
     @property
     def dim(self) -> int:
@@ -67,12 +70,21 @@ def _is_stochastic(m: nn.Module) -> bool:
 
 
 def build_model(
-    cfg: ModelConfig, head: bool = True, weights: str | None = None, quiet: bool = False
-) -> EmbeddingNet:
+    cfg: ModelConfig, head: bool = True, weights: str | None = None, quiet: bool = False,
+    aux_dim: int | None = None,
+) -> EmbeddingNet:  # fmt: skip
     """The model of a config; ``weights`` overrides ``cfg.weights`` (checkpoints pass ``none``
-    with ``quiet``: their weights come from the file)."""
+    with ``quiet``: their weights come from the file); ``aux_dim``: STML's g head."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
-    return EmbeddingNet(backbone, cfg.dim if head else None, rotation=head, dropout=cfg.dropout)
+    return EmbeddingNet(
+        backbone, cfg.dim if head else None, rotation=head and not aux_dim, dropout=cfg.dropout,
+        aux_dim=aux_dim,
+    )  # fmt: skip
+
+
+def aux_dim(cfg) -> int | None:
+    """The g head's size a whole config needs (STML's; none for UDML-SS)."""
+    return cfg.stml.aux_dim if cfg.train.method == "stml" else None
 
 
 def trainable_backbone(model, fraction: float) -> list:
@@ -91,3 +103,8 @@ def init_head(model, cfg) -> None:
     features by the trainer (``head.init_pca``)."""
     if cfg.head_init == "identity":
         model.head.init_identity()
+    elif cfg.head_init == "orthogonal":  # STML's code, for both of its heads
+        for fc in (model.head.fc, model.aux_head):
+            if fc is not None:
+                nn.init.orthogonal_(fc.weight)
+                nn.init.zeros_(fc.bias)
