@@ -1,9 +1,11 @@
-"""Quality: pretrained start vs UDML (λ = 0) vs UDML-SS (λ = 0.1), same budget and seeds.
+"""Quality: pretrained start vs UDML (λ = 0) vs UDML-SS (λ = 0.1) vs STML, same seeds.
 
 Held-out classes of Fashion-MNIST and of the cross-vendor emoji set (identity labels; the emoji
 subgroup as a second, coarser view). Writes benchmarks/results/quality-<dataset>.json and a markdown
-table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over seeds).
+table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over seeds) and the
+wall-clock of each run (training + scoring).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
+        [--modes UDML UDML-SS STML]
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
 --out data/fashion-mnist --limit 6000`.
@@ -24,7 +26,12 @@ from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
-MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"]}
+STML_TEMPLATES = {"fashion-mnist": "stml-demo-fashion-mnist.toml", "emoji": "stml-demo.toml"}
+MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"], "STML": []}
+
+
+def template(dataset: str, mode: str) -> Path:
+    return ROOT / "templates" / (STML_TEMPLATES if mode == "STML" else TEMPLATES)[dataset]
 METRICS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
 
 
@@ -84,7 +91,7 @@ def main() -> None:
             for seed in args.seeds:
                 sets = [*args.sets, *MODES[mode], f"train.seed={seed}", f"cluster.seed={seed}",
                         "train.final_eval=false"]  # scored below, with the subgroup metrics  # fmt: skip
-                cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
+                cfg = load_config(template(dataset, mode), sets)
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     last = udml.train(Path(tmp) / "run", cfg)  # the same call as `udml train`
