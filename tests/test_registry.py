@@ -62,3 +62,20 @@ def test_unknown_dataset_lists_known(cli, layout):
         resolve_dataset("nope")
     r = cli("dataset", "check", "nope")
     assert r.code == 1 and "unknown dataset" in r.err and "Traceback" not in r.err
+
+
+def test_every_named_thing_has_one_lookup_and_one_error_line():
+    from udml_cli.data.prepare import KINDS
+    from udml_cli.data.registry import BUILTIN
+    from udml_cli.errors import UsageError
+    from udml_cli.models.backbones import REGISTRY
+
+    for registry, noun, known in (
+        (REGISTRY, "backbone", "resnet18"),
+        (KINDS, "dataset kind", "emoji"),
+        (BUILTIN, "built-in dataset", "cub"),
+    ):
+        assert registry.lookup(known) is registry[known]
+        with pytest.raises(UsageError, match=rf"^unknown {noun} 'nope' \(valid: .*{known}"):
+            registry.lookup("nope")
+    assert "tiny-test" not in REGISTRY.names() and REGISTRY.lookup("tiny-test")

@@ -164,8 +164,7 @@ def prepare(
     from udml_cli.data.prepare import prepare as run_prepare
     from udml_cli.errors import UsageError
 
-    if kind not in KINDS:
-        raise UsageError(f"unknown dataset kind '{kind}' (valid: {', '.join(KINDS)})")
+    KINDS.lookup(kind)
     out = Path(ask(out, "Output folder", "--out"))
     reg_name = name or kind
     if not registry.valid_name(reg_name):

@@ -14,15 +14,16 @@ import tomllib
 
 from udml_cli.errors import DatasetError, RegistryError, UsageError
 from udml_cli.fileio import atomic_write_text
+from udml_cli.names import Registry
 
 # Official names (design.md §1): name -> folder under the data root.
-BUILTIN = {
+BUILTIN: Registry[str] = Registry("built-in dataset", {
     "cub": "CUB_200_2011",
     "car": "Cars196",
     "cars": "Cars196",
     "product": "Products",
     "sop": "Products",
-}
+})  # fmt: skip
 LAYOUTS = ("txt", "folder", "images")  # images: any tree of unlabelled images, no split
 
 

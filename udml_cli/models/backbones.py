@@ -19,6 +19,7 @@ from torch import nn
 
 from udml_cli.errors import CheckpointError, UdmlError, UsageError, warn
 from udml_cli.models.bvlc_googlenet import MEAN_RGB, STD_RGB, BVLCGoogLeNet, convert_state_dict
+from udml_cli.names import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,16 +39,15 @@ class Backbone:
 class Spec:
     build: Callable[[str], Backbone]  # weights ("imagenet" | "none") → Backbone
     description: str
-    hidden: bool = False
     convert: Callable[[dict], dict] | None = None  # a foreign weights file's keys → ours
 
 
-REGISTRY: dict[str, Spec] = {}
+REGISTRY: Registry[Spec] = Registry("backbone")
 
 
 def register(name: str, description: str, hidden: bool = False, convert=None):
     def wrap(fn):
-        REGISTRY[name] = Spec(fn, description, hidden, convert)
+        REGISTRY.add(name, Spec(fn, description, convert), hidden)
         return fn
 
     return wrap
@@ -220,7 +220,7 @@ def _tiny(weights: str) -> Backbone:
 
 
 def names(include_hidden: bool = False) -> list[str]:
-    return [n for n, s in REGISTRY.items() if include_hidden or not s.hidden]
+    return REGISTRY.names(include_hidden)
 
 
 def _read_state(path: Path) -> dict:
@@ -285,9 +285,7 @@ def create_backbone(name: str, weights: str, quiet: bool = False) -> Backbone:
     """The one factory. ``weights``: imagenet | none | path to a state dict for this backbone.
 
     The architecture never depends on ``weights``: only the values loaded into it do."""
-    if name not in REGISTRY:
-        raise UsageError(f"unknown backbone '{name}' (valid: {', '.join(names())})")
-    spec = REGISTRY[name]
+    spec = REGISTRY.lookup(name)
     if weights in ("imagenet", "none"):
         if weights == "none" and not quiet and name != "tiny-test":
             warn(f"{name} is randomly initialised (--weights none)")

@@ -7,24 +7,30 @@ import importlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from udml_cli.errors import DatasetError, UsageError
 from udml_cli.fileio import umask
+from udml_cli.names import Registry
 
-# kind -> (module, default source or None, one-line description)
-KINDS: dict[str, tuple[str, str | None, str]] = {
-    "cub": ("cub", None, "CUB_200_2011 archive (images.txt, classes …): classes 1-100 / 101-200"),
-    "cars": ("cars", None, "Cars196 (car_ims/ + cars_annos.mat): classes 1-98 / 99-196"),
-    "sop": ("sop", None, "Stanford Online Products (Ebay_train.txt, Ebay_test.txt)"),
-    "fashion-mnist": (
-        "fashion_mnist",
-        "/usr/share/datasets/fashion-mnist",
-        "Fashion-MNIST IDX .gz files: classes 0-4 of train / 5-9 of t10k",
-    ),
-    "emoji": ("emoji", None, "one emoji drawn by Twemoji, OpenMoji and Noto = one class"),
-    "folder": ("folder", None, "any <class>/<images> tree: class-disjoint halves"),
-}
+
+@dataclass(frozen=True)
+class Kind:
+    module: str  # udml_cli.data.prepare.<module>.convert
+    default_source: str | None
+    description: str
+
+
+KINDS: Registry[Kind] = Registry("dataset kind", {
+    "cub": Kind("cub", None, "CUB_200_2011 archive (images.txt, classes …): classes 1-100 / 101-200"),
+    "cars": Kind("cars", None, "Cars196 (car_ims/ + cars_annos.mat): classes 1-98 / 99-196"),
+    "sop": Kind("sop", None, "Stanford Online Products (Ebay_train.txt, Ebay_test.txt)"),
+    "fashion-mnist": Kind("fashion_mnist", "/usr/share/datasets/fashion-mnist",
+                          "Fashion-MNIST IDX .gz files: classes 0-4 of train / 5-9 of t10k"),
+    "emoji": Kind("emoji", None, "one emoji drawn by Twemoji, OpenMoji and Noto = one class"),
+    "folder": Kind("folder", None, "any <class>/<images> tree: class-disjoint halves"),
+})  # fmt: skip
 
 
 MARKER = ".udml-dataset"  # written into every prepared folder: what --yes may replace
@@ -94,9 +100,8 @@ def prepare(
     **options,
 ) -> Path:
     """Convert ``source`` into ``out``; ``out`` appears only when conversion succeeded."""
-    if kind not in KINDS:
-        raise UsageError(f"unknown dataset kind '{kind}' (valid: {', '.join(KINDS)})")
-    module_name, default_source, _ = KINDS[kind]
+    spec = KINDS.lookup(kind)
+    module_name, default_source = spec.module, spec.default_source
     if source is None:
         if default_source is None and kind != "emoji":
             raise UsageError(f"prepare {kind} needs --source (the downloaded, extracted archive)")
