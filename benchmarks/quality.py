@@ -32,6 +32,8 @@ MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"], "STM
 
 def template(dataset: str, mode: str) -> Path:
     return ROOT / "templates" / (STML_TEMPLATES if mode == "STML" else TEMPLATES)[dataset]
+
+
 METRICS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
 
 
