@@ -71,3 +71,28 @@ def test_mismatched_warm_start_is_refused_not_a_crash():
     x = _blobs(n=200, k=4)
     with pytest.raises(ValueError, match="do not fit"):
         kmeans(x, 4, init_centroids=np.zeros((5, x.shape[1]), np.float32))
+
+
+def test_refine_is_lloyd_from_the_given_centroids():
+    """The warm start's torch Lloyd against a plain numpy loop of the same iterations."""
+    from udml_cli.clustering import kmeans, refine
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    start = x[rng.choice(300, 12, replace=False)].copy()
+    c = start.astype(np.float64)
+    for _ in range(3):  # the reference: assign, then move every centroid to its mean
+        labels = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+        c = np.stack([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(12)])
+    labels = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
+    ours = refine(x, start, max_iter=3, tol=-1.0)  # never stops early
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_allclose(ours.centroids, c, rtol=1e-5, atol=1e-5)
+    sse = ((x - c[labels]) ** 2).sum()
+    assert ours.objective == pytest.approx(sse, rel=1e-5)
+    # converged: one more pass gains nothing and stops; kmeans() takes this path with tol
+    again = kmeans(x, 12, niter=50, init_centroids=ours.centroids, tol=1e-4)
+    assert again.objective <= ours.objective * (1 + 1e-6)
+    # an emptied cluster takes the farthest point instead of staying empty
+    far = np.vstack([start[:11], np.full((1, 6), 100.0, np.float32)])
+    assert np.bincount(refine(x, far, max_iter=1, tol=-1.0).labels, minlength=12).min() > 0

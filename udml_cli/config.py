@@ -98,6 +98,12 @@ class ClusterConfig(_Section):
         1, ge=1, le=1000, description="fresh inits, best objective kept (not for warm starts)"
     )
     warm_start: bool = Field(True, description="start each re-clustering from the last centroids")
+    warm_tol: float = Field(
+        1e-4, ge=0, le=1,
+        description="a warm-started re-clustering stops once an iteration lowers the objective by "
+        "less than this fraction (at most cluster.niter iterations; 0: exactly cluster.niter "
+        "iterations in faiss, the earlier behaviour)",
+    )  # fmt: skip
     feature: Literal["embedding", "backbone", "backbone-raw"] = Field(
         "embedding",
         description="which feature is clustered: the embedding, the L2-normalised pooled backbone "

@@ -372,8 +372,9 @@ class Trainer:
         result = None
         if self.main:  # once, on rank 0; every rank trains on its labels
             result = kmeans(
-                x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init
-            )
+                x, c.num_clusters, c.niter, c.seed, c.init, init_centroids=warm, n_init=c.n_init,
+                tol=c.warm_tol or None,
+            )  # fmt: skip
         result = self.engine.from_main(result)
         # one assignment: an interrupt leaves either the old clustering or the new one, whole
         s.pseudo_labels, s.centroids, s.clustered_at, s.cluster_feature = (
