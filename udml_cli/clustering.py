@@ -21,6 +21,7 @@ class KMeansResult:
     centroids: np.ndarray  # (k, d) float32
     labels: np.ndarray  # (n,) int64
     objective: float  # sum of squared distances to the assigned centroid
+    iterations: int = 0  # Lloyd iterations run (refine; faiss: the fixed niter)
 
 
 def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, trials: int | None = None) -> np.ndarray:
@@ -76,7 +77,8 @@ def refine(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float) -> K
     k = len(ct)
     labels, dist = _assign(xt, ct)
     objective = float(dist.double().sum())
-    for _ in range(max_iter):
+    done = 0
+    for done in range(1, max_iter + 1):  # noqa: B007 (the count is the result)
         sums = torch.zeros_like(ct).index_add_(0, labels, xt)
         counts = torch.bincount(labels, minlength=k)
         kept = counts > 0
@@ -88,7 +90,7 @@ def refine(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float) -> K
         before, objective = objective, float(dist.double().sum())
         if before - objective <= tol * before:
             break
-    return KMeansResult(ct.numpy(), labels.numpy().astype(np.int64), objective)
+    return KMeansResult(ct.numpy(), labels.numpy().astype(np.int64), objective, done)
 
 
 def kmeans(
@@ -135,7 +137,9 @@ def kmeans(
     )
     km.train(x, init_centroids=np.ascontiguousarray(init_centroids, dtype=np.float32))
     dist, assign = km.index.search(x, 1)
-    return KMeansResult(km.centroids.copy(), assign[:, 0].astype(np.int64), float(dist.sum()))
+    return KMeansResult(
+        km.centroids.copy(), assign[:, 0].astype(np.int64), float(dist.sum()), niter
+    )
 
 
 def diagnostics(

@@ -383,7 +383,9 @@ class Trainer:
         truth = self.plain.labels if self.ref.labelled else None
         diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
         diag.pop("sizes")
-        self.log("cluster", feature=kind, **diag)
+        self.log(
+            "cluster", feature=kind, iterations=result.iterations, warm=warm is not None, **diag
+        )
         p = self.cfg.train.batch_size // self.cfg.train.instances
         if c.num_clusters - diag["empty"] < p:
             raise TrainingError(
