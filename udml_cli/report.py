@@ -55,7 +55,8 @@ def cell(path: Path, caption: str, kind: str = "") -> str:
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], w=520, h=170) -> str:
-    """Polylines of (x, y) series on shared axes, min/max labelled."""
+    """Polylines of (x, y) series on shared axes, min/max labelled; empty series left out."""
+    series = {name: points for name, points in series.items() if points}
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
@@ -153,7 +154,8 @@ def curves(run_dir: Path) -> str:
     evals = [e for e in events if e["event"] == "eval"]
     charts = [
         line_chart("losses per step", {
-            k: [(e["step"], e[k]) for e in steps if k in e] for k in ("loss", "weight_loss", "rot_loss")
+            k: [(e["step"], e[k]) for e in steps if k in e]
+            for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
         }),
         line_chart("images/s", {"images/s": [(e["step"], e["images_per_s"]) for e in steps]}),
         line_chart("re-clustering: largest cluster / singletons", {
@@ -162,6 +164,10 @@ def curves(run_dir: Path) -> str:
         }),
         line_chart("re-clustering NMI vs true labels (%)", {
             "NMI": [(e["epoch"], 100 * e["nmi"]) for e in clus if "nmi" in e]
+        }),
+        line_chart("STML neighbours of the same true class (%)", {
+            "precision": [(e["epoch"], 100 * e["precision"]) for e in events
+                          if e["event"] == "neighbours" and "precision" in e]
         }),
         line_chart("evaluation R@1 (%)", {
             "R@1": [(e["epoch"], 100 * e["recall_at"]["1"]) for e in evals if "recall_at" in e]
