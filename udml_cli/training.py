@@ -1,4 +1,7 @@
-"""The UDML-SS loop: cluster → P×K batches on pseudo-labels → Weight + λ·rotation → re-cluster.
+"""The training loop of both methods. UDML-SS (``udml_ss.py``): cluster → P×K batches on
+pseudo-labels → Weight + λ·rotation → re-cluster. STML (``stml.py``): neighbours → query +
+neighbour batches in two views → relaxed contrastive + distillation against an EMA teacher →
+neighbours again. The loop, checkpoints, resume, logging and DDP are shared.
 
 Reproducible to the bit on the CPU: the batches of epoch e depend only on (seed, e), and every
 image's augmentation and every iteration's dropout are seeded from (seed, e, i), so a run resumed
@@ -22,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from udml_cli.clustering import diagnostics, kmeans
 from udml_cli.config import Config, auto_clusters
@@ -35,7 +36,6 @@ from udml_cli.data.transforms import eval_transform, train_transform
 from udml_cli.engine import Engine, extract, seed_everything
 from udml_cli.errors import CheckpointError, DatasetError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
-from udml_cli.losses import rotate_batch, rotation_draw, weight_loss
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
 from udml_cli.models.net import aux_dim, build_model, init_head, trainable_backbone
 from udml_cli.stml import (
@@ -46,6 +46,7 @@ from udml_cli.stml import (
     neighbour_precision,
     stml_step,
 )  # fmt: skip
+from udml_cli.udml_ss import UdmlForward, udml_step
 
 
 def _mix(*parts: int) -> int:
@@ -194,7 +195,7 @@ class Trainer:
         self.main = engine.is_main  # rank 0 writes; the other ranks compute
         # what DDP wraps (in ``run``)
         self.forward = (
-            StudentForward(self.model, engine) if self.stml else _Forward(self.model, engine)
+            StudentForward(self.model, engine) if self.stml else UdmlForward(self.model, engine)
         )
 
     def _use_samples(self, samples) -> None:
@@ -398,7 +399,7 @@ class Trainer:
         """One batch: ``images`` this rank's share, ``labels`` the whole global batch's
         pseudo-labels (stml: which image each row is a view of)."""
         eng = self.engine
-        step = stml_step if self.stml else _udml_step
+        step = stml_step if self.stml else udml_step
         out, local = step(self, images, labels)
         if not np.isfinite(out["loss"]):
             kept = (
@@ -565,67 +566,8 @@ def recluster_note(epoch: int, iteration: int, per_epoch: int, up_step: int, epo
     return f", re-cluster in {(due - epoch - 1) * per_epoch + per_epoch - iteration} it"
 
 
-def _udml_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor):
-    """UDML-SS's losses of one batch and the loss to back-propagate on this rank. The backbone
-    runs under the engine's autocast; the heads and both losses in fp32 with autocast off (a
-    bf16 similarity matrix is amplified by α = 40)."""
-    cfg, eng = trainer.cfg, trainer.engine
-    x = eng.to_device(images)
-    y = labels.to(eng.device)
-    n, world = len(x), eng.world_size if eng.distributed else 1
-    rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
-    pick = turns = None
-    if rb:  # the same draw over the global batch on every rank; each rotates its own picks
-        drawn = rotation_draw(len(y), rb)
-        pick = drawn[(drawn >= eng.rank * n) & (drawn < (eng.rank + 1) * n)] - eng.rank * n
-        pick = pick.to(x.device)
-        rotated, turns = rotate_batch(x[pick])
-        x = torch.cat([x, rotated])
-    emb, logits = trainer.step_forward(x, n, pick)
-    with torch.autocast(eng.device.type, enabled=False):
-        metric = weight_loss(
-            eng.gather_batch(emb) if world > 1 else emb,
-            y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin,
-        )  # fmt: skip
-        local = cfg.loss.metric_weight * metric
-        rot = correct = torch.zeros((), device=x.device)
-        if rb:
-            target = torch.cat([torch.zeros(len(pick), dtype=torch.long, device=x.device), turns])
-            # this rank's share of the mean over all 4·rb rotation logits of the batch
-            rot = F.cross_entropy(logits, target, reduction="sum") / (4 * rb)
-            correct = (logits.argmax(1) == target).sum()
-            local = local + cfg.loss.rot_weight * rot
-    rot_all, correct_all = eng.sum_over_ranks([rot.item(), float(correct)])
-    total = cfg.loss.metric_weight * metric.item() + cfg.loss.rot_weight * rot_all
-    out = {"weight_loss": metric.item()}
-    if rb:
-        out |= {"rot_loss": rot_all, "rot_acc": correct_all / (4 * rb)}
-    out["loss"] = total
-    return out, local
-
-
 def _peer_lost(e: RuntimeError) -> bool:
     """A collective failed because another process of the run is gone (gloo raises a plain
     RuntimeError naming itself, NCCL a DistError)."""
     text = str(e)
     return isinstance(e, torch.distributed.DistError) or "gloo" in text or "NCCL" in text
-
-
-class _Forward(nn.Module):
-    """One training forward: the backbone under the engine's autocast, the embedding head on the
-    first ``n`` rows and the rotation head on the ``pick``-ed rows and the rotated ones (after
-    row ``n``) in fp32. A module of its own so DDP wraps every trained parameter's use."""
-
-    def __init__(self, model: nn.Module, engine: Engine) -> None:
-        super().__init__()
-        self.model, self.engine = model, engine
-
-    def forward(self, x: torch.Tensor, n: int, pick: torch.Tensor | None):
-        m = self.model
-        with self.engine.autocast():
-            feat = m.features(x)
-        with torch.autocast(x.device.type, enabled=False):
-            feat = feat.float()
-            emb = m.project(feat[:n])
-            logits = None if pick is None else m.rotation_head(torch.cat([feat[pick], feat[n:]]))
-        return emb, logits
