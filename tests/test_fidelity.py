@@ -188,14 +188,14 @@ def test_cuda_train_step_losses_are_fp32(layout, tmp_path):
     cfg = _tiny_config(engine={"device": "cuda", "precision": "bf16"})
     trainer = Trainer(cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine))
     seen = []
-    from udml_cli import training
+    from udml_cli import udml_ss
 
-    real = training.weight_loss
-    training.weight_loss = lambda emb, *a, **k: seen.append(emb.dtype) or real(emb, *a, **k)
+    real = udml_ss.weight_loss
+    udml_ss.weight_loss = lambda emb, *a, **k: seen.append(emb.dtype) or real(emb, *a, **k)
     try:
         trainer.train_step(torch.rand(8, 3, 16, 16), torch.arange(4).repeat_interleave(2))
     finally:
-        training.weight_loss = real
+        udml_ss.weight_loss = real
     assert seen == [torch.float32]
 
 
@@ -236,9 +236,11 @@ def test_rotation_images_are_drawn_across_the_batch(monkeypatch, layout, tmp_pat
     trainer = training.Trainer(
         cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine)
     )
+    from udml_cli import udml_ss
+
     seen = []
-    real = training.rotate_batch
-    monkeypatch.setattr(training, "rotate_batch", lambda x: seen.append(x.clone()) or real(x))
+    real = udml_ss.rotate_batch
+    monkeypatch.setattr(udml_ss, "rotate_batch", lambda x: seen.append(x.clone()) or real(x))
     images = torch.arange(24.0).view(24, 1, 1, 1).expand(24, 3, 16, 16).contiguous() / 24
     picked = set()
     for seed in range(5):

@@ -159,3 +159,26 @@ def test_stml_settings_are_checked(cli, layout, tmp_path):
     r = cli("train", "--dataset", layout, "--out", tmp_path / "r", *TINY, *STML,
             "--set", "stml.neighbors=3")  # fmt: skip
     assert r.code == 2 and "multiple of stml.neighbors (3)" in r.err
+
+
+def test_stml_nan_guard_and_report(cli, layout, tmp_path, monkeypatch):
+    from udml_cli import stml
+
+    out = tmp_path / "run"
+    assert cli("train", "--dataset", layout, "--out", out, *TINY, *STML, "--epochs", "2").code == 0
+    r = cli("report", out, "-o", tmp_path / "r.html")  # no pseudo-classes: the other sections
+    assert r.code == 0, r.err
+    html = (tmp_path / "r.html").read_text()
+    assert "rc_loss" in html and "neighbours of the same true class" in html
+    assert "Pseudo-class sizes" not in html
+    before = (out / "last.pt").read_bytes()
+
+    def nan_loss(*args, **kwargs):
+        nan = torch.tensor(float("nan"), requires_grad=True)
+        return {"loss": nan, "rc_loss": nan, "kl_loss": nan}
+
+    monkeypatch.setattr(stml, "stml_loss", nan_loss)
+    r = cli("train", "--out", out, "--resume", "--epochs", "4")
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert r.code == 3 and len(errors) == 1 and "loss became nan" in errors[0]
+    assert (out / "last.pt").read_bytes() == before

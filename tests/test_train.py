@@ -168,12 +168,12 @@ def test_ctrl_c_mid_epoch_saves_and_resume_matches(cli, layout, tmp_path, monkey
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, layout, tmp_path, monkeypatch):
-    from udml_cli import training
+    from udml_cli import udml_ss
 
     out = tmp_path / "run"
     assert _train(cli, layout, out, "--epochs", "2").code == 0
     before = (out / "last.pt").read_bytes()
-    monkeypatch.setattr(training, "weight_loss", lambda *a, **k: torch.tensor(float("nan")))
+    monkeypatch.setattr(udml_ss, "weight_loss", lambda *a, **k: torch.tensor(float("nan")))
     r = cli("train", "--out", out, "--resume", "--epochs", "4")
     assert r.code == 3
     errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]

@@ -197,6 +197,7 @@ class Trainer:
         self.forward = (
             StudentForward(self.model, engine) if self.stml else UdmlForward(self.model, engine)
         )
+        self.step_forward = self.forward  # ``run`` wraps it in DDP when distributed
 
     def _use_samples(self, samples) -> None:
         cfg = self.cfg
