@@ -123,7 +123,9 @@ def test_a_dying_process_stops_the_run_and_last_pt_resumes(layout, tmp_path):
         proc.kill()
     err = err.decode()
     assert proc.returncode != 0 and "Traceback" not in err
-    assert "process 1 of 2 was killed" in err and "saved" in err  # rank 0 kept its last step
+    # rank 0 kept its last step (saved on gloo's error or on the launcher's SIGTERM); the
+    # launcher names the killed process
+    assert "process 1 of 2 was killed" in err and "saved" in err
     state = _weights(out)
     r = run_udml("train", "--out", out, "--resume", "--epochs", str(state["epoch"] + 1))
     assert r.returncode == 0, r.stderr.decode()
@@ -160,3 +162,21 @@ def test_stml_in_two_processes_follows_one(layout, tmp_path):
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
     torch.testing.assert_close(_weights(one)["neighbours"], _weights(two)["neighbours"])
+
+
+def test_the_launcher_reports_a_failure_once():
+    from types import SimpleNamespace as Failure
+
+    from udml_cli.cli.launch import _report
+    from udml_cli.errors import TrainingError
+
+    # rank 0 printed its error; the launcher saw rank 1 fail first: quiet, the same exit code
+    with pytest.raises(SystemExit) as stop:
+        _report({1: Failure(exitcode=2)}, {0: "bad", 1: "bad"}, 3)
+    assert stop.value.code == 2
+    # a killed process is named, whatever else stopped
+    with pytest.raises(TrainingError, match="process 1 of 2 was killed \\(signal 9\\)"):
+        _report({0: Failure(exitcode=130), 1: Failure(exitcode=-9)}, {}, 2)
+    # a process's own error, when rank 0 had none
+    with pytest.raises(TrainingError, match="process 2 of 4 stopped: disk full"):
+        _report({2: Failure(exitcode=1)}, {2: "disk full"}, 4)

@@ -144,7 +144,7 @@ def test_bad_numbers_are_refused_before_work(layout, tmp_path, setting, needle):
 def test_nan_message_says_no_checkpoint_exists_yet(layout, tmp_path):
     out = tmp_path / "run"
     patch = (
-        "import torch, udml_cli.training as t\n"
+        "import torch, udml_cli.udml_ss as t\n"
         "t.weight_loss = lambda *a, **k: torch.tensor(float('nan'))\n"
     )
     proc = udml("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "1", patch=patch)

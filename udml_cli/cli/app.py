@@ -34,6 +34,7 @@ class _App(UdmlTyper):
         try:
             return super().__call__(*args, **kwargs)
         except UdmlError as e:
+            launch.record_error(_message(e))  # under `--nproc`: for the launcher to report
             say("error:", "bold red", _message(e))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:

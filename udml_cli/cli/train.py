@@ -99,7 +99,7 @@ def train(
                 "--dataset NAME (see `udml dataset list`)",
             ).strip()
             cfg = load_config(config, set_, flags)
-        if config is None:
+        if config is None and not (nproc and launched_rank()[1] == 1):  # rank 0 will say it
             announce_defaults(cfg)
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
     assert out is not None
