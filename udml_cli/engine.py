@@ -53,6 +53,11 @@ class Engine:
 
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
+    @property
+    def processes(self) -> int:
+        """How many processes share each batch now (1 outside a joined process group)."""
+        return self.world_size if self.distributed else 1
+
     def shard(self, n: int, rank: int | None = None) -> range:
         """This rank's (or ``rank``'s) contiguous share of ``n`` items (the first ``n % world``
         take one more)."""

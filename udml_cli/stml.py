@@ -76,13 +76,12 @@ def stml_step(trainer, images: torch.Tensor, idx: torch.Tensor) -> tuple[dict, t
     the global batch is a view of) and the loss to back-propagate on this rank."""
     cfg, eng = trainer.cfg, trainer.engine
     x = eng.to_device(images)
-    world = eng.world_size if eng.distributed else 1
     with torch.no_grad():
         with eng.autocast():
             feat = trainer.teacher.features(x)
         t_g = trainer.teacher.aux_head(feat.float())
     s_f, s_g = trainer.step_forward(x)
-    if world > 1:  # the whole global batch on every rank, gradients into this rank's rows,
+    if eng.processes > 1:  # the whole global batch on every rank, gradients into this rank's rows,
         # view by view: the rows in the single-process order (all images' view 1, then view 2 …)
         views = cfg.stml.views
 

@@ -399,7 +399,6 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """One batch: ``images`` this rank's share, ``labels`` the whole global batch's
         pseudo-labels (stml: which image each row is a view of)."""
-        eng = self.engine
         step = stml_step if self.stml else udml_step
         out, local = step(self, images, labels)
         if not np.isfinite(out["loss"]):
@@ -413,7 +412,7 @@ class Trainer:
                 f"{self.state.step}; stopped, {kept} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        (local * (eng.world_size if eng.distributed else 1)).backward()  # DDP averages: × N sums
+        (local * self.engine.processes).backward()  # DDP averages the gradients: × N sums
         if self.teacher is not None:  # before the step, as STML's code
             ema_update(self.teacher, self.model, self.cfg.stml.momentum)
         self.optimizer.step()
@@ -498,7 +497,6 @@ class Trainer:
              for v in range(views) for j in share]
             for b, batch in enumerate(batches)
         ]  # fmt: skip
-        self.augmented.labels = s.pseudo_labels if not self.stml else np.zeros(len(self.plain), int)
         self._set_lr()
         loader = self.engine.batch_loader(self.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)

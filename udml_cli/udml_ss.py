@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from udml_cli.losses import rotate_batch, rotation_draw, weight_loss
+from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
 
 
 def udml_step(trainer, images: torch.Tensor, labels: torch.Tensor):
@@ -19,34 +18,34 @@ def udml_step(trainer, images: torch.Tensor, labels: torch.Tensor):
     cfg, eng = trainer.cfg, trainer.engine
     x = eng.to_device(images)
     y = labels.to(eng.device)
-    n, world = len(x), eng.world_size if eng.distributed else 1
+    n = len(x)
     rb = cfg.loss.rot_batch if cfg.loss.rot_weight > 0 else 0
+    rows = 4 * rb  # rotation rows of the whole batch: each picked image and its 3 turns
     pick = turns = None
     if rb:  # the same draw over the global batch on every rank; each rotates its own picks
         drawn = rotation_draw(len(y), rb)
-        pick = drawn[(drawn >= eng.rank * n) & (drawn < (eng.rank + 1) * n)] - eng.rank * n
-        pick = pick.to(x.device)
+        share = eng.shard(len(y))
+        pick = (drawn[(drawn >= share.start) & (drawn < share.stop)] - share.start).to(x.device)
         rotated, turns = rotate_batch(x[pick])
         x = torch.cat([x, rotated])
     emb, logits = trainer.step_forward(x, n, pick)
     with torch.autocast(eng.device.type, enabled=False):
         metric = weight_loss(
-            eng.gather_batch(emb) if world > 1 else emb,
+            eng.gather_batch(emb) if eng.processes > 1 else emb,
             y, cfg.loss.alpha, cfg.loss.beta, cfg.loss.base, cfg.loss.margin,
         )  # fmt: skip
         local = cfg.loss.metric_weight * metric
         rot = correct = torch.zeros((), device=x.device)
         if rb:
             target = torch.cat([torch.zeros(len(pick), dtype=torch.long, device=x.device), turns])
-            # this rank's share of the mean over all 4·rb rotation logits of the batch
-            rot = F.cross_entropy(logits, target, reduction="sum") / (4 * rb)
+            rot = rotation_loss(logits, target, rows)  # this rank's share of the batch's mean
             correct = (logits.argmax(1) == target).sum()
             local = local + cfg.loss.rot_weight * rot
     rot_all, correct_all = eng.sum_over_ranks([rot.item(), float(correct)])
     total = cfg.loss.metric_weight * metric.item() + cfg.loss.rot_weight * rot_all
     out = {"weight_loss": metric.item()}
     if rb:
-        out |= {"rot_loss": rot_all, "rot_acc": correct_all / (4 * rb)}
+        out |= {"rot_loss": rot_all, "rot_acc": correct_all / rows}
     out["loss"] = total
     return out, local
 

@@ -84,6 +84,7 @@ def train(
     from udml_cli.engine import launched_rank
     from udml_cli.errors import UsageError
 
+    rank, world = launched_rank()[:2]
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_FOLDER (the folder holding last.pt)")
     dotted = {"data.dataset": dataset, "data.data_root": data_root, "train.epochs": epochs}
@@ -99,11 +100,10 @@ def train(
                 "--dataset NAME (see `udml dataset list`)",
             ).strip()
             cfg = load_config(config, set_, flags)
-        if config is None and not (nproc and launched_rank()[1] == 1):  # rank 0 will say it
+        if config is None and not (nproc and world == 1):  # rank 0 will say it
             announce_defaults(cfg)
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
     assert out is not None
-    world = launched_rank()[1]
     if nproc and world == 1:  # this process starts the N that train
         args = launch.without_nproc(launch.ARGS)
         given = {a.split("=")[0] for a in args}
@@ -126,7 +126,7 @@ def train(
         else:
             say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
         raise typer.Exit(130) from None
-    if launched_rank()[0] == 0:
+    if rank == 0:
         print_summary(run_summary(out), last, time.perf_counter() - started)
 
 

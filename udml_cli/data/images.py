@@ -125,7 +125,8 @@ def report_unreadable(
 
 class SeededImages(ImageDataset):
     """Indexed by ``(i, seed)``: the augmentation of each draw is a function of its seed (what
-    makes a resumed run bit-identical), with ``labels`` (pseudo-labels) set by the trainer."""
+    makes a resumed run bit-identical). The trainer takes each batch's labels from its sampler;
+    ``labels`` (the samples' own unless set) are what a bare loader over it yields."""
 
     def __getitem__(self, item):
         i, seed = item

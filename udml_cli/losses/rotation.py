@@ -15,10 +15,15 @@ def rotate_batch(
     return rotated, torch.as_tensor(quarter_turns, device=images.device)[labels]
 
 
-def rotation_loss(logits: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy in fp32 with autocast off (as the Weight loss)."""
+def rotation_loss(
+    logits: torch.Tensor, turns: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """Cross-entropy in fp32 with autocast off (as the Weight loss), summed and divided by
+    ``rows`` (default: these rows, the mean). Under DDP a process holds some of the batch's
+    rotation rows: each divides by the whole batch's count, and the shares sum to the mean."""
     with torch.autocast(logits.device.type, enabled=False):
-        return F.cross_entropy(logits.float(), turns)
+        total = F.cross_entropy(logits.float(), turns, reduction="sum")
+        return total / (len(turns) if rows is None else rows)
 
 
 def rotation_draw(n: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
