@@ -69,6 +69,24 @@ def run_udml(*args: str, stdin=None, cwd=None, env=None) -> subprocess.Completed
     )
 
 
+def inproc(*args) -> subprocess.CompletedProcess:
+    """``udml ARGS`` in this process (no torch import per call: 10x faster than ``udml``), with
+    the exit code, stdout and stderr a separate process would give."""
+    import contextlib
+    import io
+
+    from udml_cli.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(args, code, out.getvalue().encode(), err.getvalue().encode())
+
+
 def write_image(path: Path, rgb, size: int = 24, noise: float = 25.0, seed: int = 0) -> None:
     from PIL import Image
 

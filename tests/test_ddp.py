@@ -103,30 +103,41 @@ def _ranks(parent: int) -> dict[int, int]:
     return found
 
 
-def test_a_dying_process_stops_the_run_and_last_pt_resumes(layout, tmp_path):
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_process_killed_mid_epoch_leaves_last_pt_that_resumes(layout, tmp_path, victim):
+    """kill -9 of one process mid-epoch, long before any periodic checkpoint: the process left
+    (rank 0, or the lowest survivor when rank 0 is the one killed) keeps the last whole step in
+    last.pt; one error line names the killed process and the file; --resume continues."""
     out = tmp_path / "run"
+    long = [*TINY, "--set", "train.iters_per_epoch=60", "--set", "train.final_eval=false",
+            "--set", "train.save_step=1000"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "udml_cli", "train", "--dataset", str(layout), "--out", str(out),
-         *RUN, "--epochs", "100000", "--nproc", "2"],
+         *long, "--epochs", "1000", "--nproc", "2"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    log = out / "metrics.jsonl"
     try:
         deadline = time.time() + 120
-        while not (out / "last.pt").is_file() and time.time() < deadline:
+        while time.time() < deadline:
+            if log.is_file() and log.read_text().count('"event": "step"') >= 5:
+                break
             time.sleep(0.2)
-        assert (out / "last.pt").is_file()
+        assert not (out / "last.pt").exists()
         ranks = _ranks(proc.pid)
         assert set(ranks) == {0, 1}, ranks
-        os.kill(ranks[1], signal.SIGKILL)
+        os.kill(ranks[victim], signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     err = err.decode()
-    assert proc.returncode != 0 and "Traceback" not in err
-    # rank 0 kept its last step (saved on gloo's error or on the launcher's SIGTERM); the
-    # launcher names the killed process
-    assert "process 1 of 2 was killed" in err and "saved" in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert len(errors) == 1, err
+    assert f"process {victim} of 2 was killed (signal 9)" in errors[0], err
+    assert "last.pt holds the last whole step" in errors[0], err
     state = _weights(out)
+    assert state["step"] >= 5
     r = run_udml("train", "--out", out, "--resume", "--epochs", str(state["epoch"] + 1))
     assert r.returncode == 0, r.stderr.decode()
     assert _weights(out)["epoch"] == state["epoch"] + 1
@@ -170,13 +181,16 @@ def test_the_launcher_reports_a_failure_once():
     from udml_cli.cli.launch import _report
     from udml_cli.errors import TrainingError
 
-    # rank 0 printed its error; the launcher saw rank 1 fail first: quiet, the same exit code
-    with pytest.raises(SystemExit) as stop:
+    # every process refused alike; the launcher saw rank 1 fail first: rank 0's line, once,
+    # with the exit code
+    with pytest.raises(TrainingError, match=r"^bad$") as stop:
         _report({1: Failure(exitcode=2)}, {0: "bad", 1: "bad"}, 3)
-    assert stop.value.code == 2
-    # a killed process is named, whatever else stopped
+    assert stop.value.exit_code == 2
+    # a killed process is named, whatever else stopped, rank 0 too; with the kept last.pt
     with pytest.raises(TrainingError, match="process 1 of 2 was killed \\(signal 9\\)"):
         _report({0: Failure(exitcode=130), 1: Failure(exitcode=-9)}, {}, 2)
+    with pytest.raises(TrainingError, match=r"process 0 of 2 was killed .*last\.pt holds"):
+        _report({0: Failure(exitcode=-9), 1: Failure(exitcode=-15)}, {}, 2, Path("r/last.pt"))
     # a process's own error, when rank 0 had none
     with pytest.raises(TrainingError, match="process 2 of 4 stopped: disk full"):
         _report({2: Failure(exitcode=1)}, {2: "disk full"}, 4)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY as BASE
-from conftest import make_layout
+from conftest import inproc, make_layout
 
 TINY = [*BASE, "--set", "train.save_step=1"]
 
@@ -346,3 +346,94 @@ def test_interrupted_embed_leaves_no_partial_file(layout, run, tmp_path):
                 patch=patch)  # fmt: skip
     assert proc.returncode == 130 and b"Traceback" not in proc.stderr
     assert list(target.parent.iterdir()) == []
+
+
+# ---- messages that mislead: each names what is wrong ----------------------------------------
+def _tiny_toml(path: Path) -> Path:
+    """TINY as a config file (the flags that are not --set become keys)."""
+    path.write_text(
+        '[model]\nbackbone = "tiny-test"\nweights = "none"\n[data]\nimage_size = 16\nresize = 18\n'
+        "[cluster]\nnum_clusters = 6\n[train]\nbatch_size = 8\ninstances = 2\nlog_every = 1\n"
+        "save_step = 1\nlr = 1e-3\nhead_lr = 1e-3\nup_step = 2\n[loss]\nrot_batch = 4\n"
+        "[engine]\nworkers = 0\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [("model.dim=32", "model.dim"), ("cluster.num_clusters=5", "cluster.num_clusters")],
+)
+def test_resume_with_a_config_names_the_changed_keys(layout, tmp_path, change, key):
+    cfg = _tiny_toml(tmp_path / "tiny.toml")
+    out = tmp_path / "run"
+    ok(inproc("train", "--config", cfg, "--dataset", layout, "--out", out, "--epochs", "1"))
+    proc = inproc("train", "--config", cfg, "--out", out, "--resume", "--set", change)
+    line = refused(proc, "cannot resume with different settings", 2)
+    assert key in line and "dataset" not in line.split("settings")[1]
+    ok(inproc("train", "--config", cfg, "--out", out, "--resume", "--epochs", "2"))  # same: resumes
+
+
+def test_report_skips_a_cut_last_line_and_names_a_damaged_one(run, tmp_path):
+    log = run / "metrics.jsonl"
+    whole = log.read_text()
+    log.write_text(whole + '{"event": "step", "epoch": 2, "st')  # kill -9 mid-append
+    err = ok(inproc("report", run, "-o", tmp_path / "r.html"))
+    assert "metrics.jsonl" in err and "cut short" in err
+    lines = whole.splitlines()
+    lines.insert(3, '{"epoch": 1, "step": 3}')  # a record without event
+    log.write_text("\n".join(lines) + "\n")
+    refused(inproc("report", run, "-o", tmp_path / "r.html"), "metrics.jsonl:4: not a udml record")
+    lines[3] = "[1, 2"
+    log.write_text("\n".join(lines) + "\n")
+    refused(inproc("report", run, "-o", tmp_path / "r.html"), "metrics.jsonl:4: not a JSON record")
+
+
+def test_a_label_too_large_for_an_integer(layout, run):
+    test_txt = layout / "test.txt"
+    lines = test_txt.read_text().splitlines()
+    lines[2] = lines[2].split()[0] + " 99999999999999999999999"
+    test_txt.write_text("\n".join(lines) + "\n")
+    proc = inproc("dataset", "check", layout)
+    assert proc.returncode != 0
+    assert b"test.txt:3" in proc.stdout + proc.stderr and b"64-bit" in proc.stdout + proc.stderr
+    refused(inproc("eval", run / "last.pt", "--dataset", layout), "test.txt:3")
+
+
+def test_udml_home_that_is_a_file_is_named(layout, tmp_path):
+    home = tmp_path / "afile"
+    home.write_text("not a folder")
+    for cmd in (["dataset", "add", "x", layout], ["dataset", "list"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "udml_cli", *map(str, cmd)], capture_output=True,
+            stdin=subprocess.DEVNULL, env={**os.environ, "UDML_HOME": str(home)}, timeout=120,
+        )  # fmt: skip
+        refused(proc, f"UDML_HOME={home}: {home} is a file, not a folder")
+
+
+@pytest.mark.parametrize(
+    "setting", ["train.epochs=true", "data.flip=1", "train.batch_size=8.0", 'train.epochs="3"']
+)
+def test_values_of_the_wrong_type_are_refused_not_coerced(layout, tmp_path, setting):
+    refused(inproc("config", "show", "--set", setting), setting.split("=")[0], 2)
+
+
+def test_a_split_with_nothing_to_score_is_refused(layout, run):
+    lines = [f"test/c{6 + i % 4:02d}/{i // 4}.png {i}" for i in range(8)]  # every class one image
+    (layout / "test.txt").write_text("\n".join(lines) + "\n")
+    refused(inproc("eval", run / "last.pt", "--dataset", layout), "nothing to score")
+    (layout / "test.txt").write_text("\n".join(f"{ln.split()[0]} 7" for ln in lines) + "\n")
+    refused(inproc("eval", run / "last.pt", "--dataset", layout), "all of one class")
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "big", "folder"])
+def test_a_config_that_is_not_a_small_regular_file_is_refused(tmp_path, kind):
+    path = Path(kind) if kind == "/dev/zero" else tmp_path / "cfg.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "big":
+        path.write_text("# padding\n" * 200_000)
+    elif kind == "folder":
+        path.mkdir()
+    proc = inproc("config", "show", "--config", path)
+    refused(proc, "config file", 2)

@@ -109,7 +109,7 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
     from udml_cli.errors import UsageError
     from udml_cli.fileio import ensure_writable_dir
     from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
-    from udml_cli.training import Trainer
+    from udml_cli.training import Trainer, resume_changes
 
     out = Path(out).expanduser()
     dotted = dict(flags or {})
@@ -135,6 +135,7 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
             checkpoint, payload = resume_checkpoint(out, asked)
             # the run's own config is the base; the given config, --set and flags on top
             cfg = load_config(path, set_values, dotted, base=base or payload["config"])
+            resume_changes(payload["config"], cfg, checkpoint)  # named before the data is read
         else:
             cfg = load_config(path, set_values, dotted, base=base)
         if cfg.data.dataset is None:
@@ -194,9 +195,13 @@ def run_summary(out: str | Path) -> dict:
     from udml_cli.runs import read_metrics
 
     records = read_metrics(Path(out))
-    epochs = [r for r in records if r["event"] == "epoch_summary"]
-    steps = [r for r in records if r["event"] == "step"]
-    evals = [r for r in records if r["event"] == "eval"]
+
+    def having(event: str, *keys: str) -> list[dict]:  # a damaged record is left out
+        return [r for r in records if r["event"] == event and all(k in r for k in keys)]
+
+    epochs = having("epoch_summary", "completed", "seconds", "mean_loss")
+    steps = having("step")
+    evals = having("eval", "recall_at", "dataset", "split")
     last_step = steps[-1] if steps else {}
     return {
         "epochs": epochs[-1]["completed"] if epochs else 0,
@@ -214,33 +219,67 @@ def run_summary(out: str | Path) -> dict:
 
 
 def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=None,
-                weights="imagenet", image_size=None, device="auto", strict=False, progress=None):  # fmt: skip
-    """Embed ``folder`` into the index ``out`` (only new or changed files when it exists)."""
-    from udml_cli.errors import DatasetError, note
-    from udml_cli.index import Index, model_identity, plan_update
+                weights="imagenet", image_size=None, device="auto", strict=False, progress=None,
+                *, replace: bool = False, ask=None):  # fmt: skip
+    """Embed ``folder`` into the index folder ``out``, one writer at a time (a lock beside it).
 
-    folder, out = Path(folder).expanduser().resolve(), Path(out)
+    ``out`` new or empty: written. An index of the same folder and model: updated, embedding
+    only new or changed files. An index of another folder or model, or a damaged one: replaced
+    whole only with ``replace=True`` or when ``ask(question, refuse)`` says yes (it raises to
+    refuse; no ``ask``: refused). A folder that is not a udml index: always refused. The new
+    index replaces the old in one step once it is complete (see ``udml_cli.index``)."""
+    from udml_cli.errors import DatasetError, UsageError
+    from udml_cli.fileio import ensure_writable_dir
+    from udml_cli.index import Index, index_state, model_identity, plan_update
+    from udml_cli.runs import RunLock
+
+    folder, out = Path(folder).expanduser().resolve(), Path(out).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
-    model, cfg = load_model(checkpoint, backbone, weights, image_size, device)
-    ident = model_identity(Path(checkpoint) if checkpoint else None, cfg)
-    old = Index.load(out) if (out / "index.json").is_file() else None
-    if old is not None and old.model != ident:
-        note(f"{out} was built with another model: every image is embedded again")
-    files, reuse, todo = plan_update(old, folder, ident)
-    dim = old.vectors.shape[1] if reuse else model.dim
-    vectors = np.zeros((len(files), dim), np.float32)
-    for pos, row in reuse.items():
-        vectors[pos] = old.vectors[row]
-    keep = np.ones(len(files), bool)
-    if todo:
-        paths = [files[p][3] for p in todo]
-        x, ok = embed_files(model, cfg, paths, strict, progress, folder.name, none_ok=bool(reuse))
-        todo_arr = np.array(todo)
-        vectors[todo_arr[ok]] = x
-        keep[todo_arr[~ok]] = False
-    rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
-    index = Index(folder, ident, vectors[keep], rows)
-    index.save(out)
+    ensure_writable_dir(out, "--out")
+    index_state(out)  # a folder that is not an index: refused before the model loads
+    with RunLock(out, "udml index"):
+        state, old = index_state(out)
+        model, cfg = load_model(checkpoint, backbone, weights, image_size, device)
+        ident = model_identity(Path(checkpoint) if checkpoint else None, cfg)
+        why = _replacing(state, old, folder, ident, model.dim)
+        if why and not replace:
+            refuse = f"{out} {why}; pass --yes to replace it"
+            if ask is None:
+                raise UsageError(refuse)
+            ask(f"{out} {why}. Replace it with an index of {folder}?", refuse)
+        old = old if state == "index" and not why else None
+        files, reuse, todo = plan_update(old, folder, ident)
+        dim = model.dim
+        vectors = np.zeros((len(files), dim), np.float32)
+        for pos, row in reuse.items():
+            vectors[pos] = old.vectors[row]
+        keep = np.ones(len(files), bool)
+        if todo:
+            paths = [files[p][3] for p in todo]
+            x, ok = embed_files(model, cfg, paths, strict, progress, folder.name,
+                                none_ok=bool(reuse))  # fmt: skip
+            todo_arr = np.array(todo)
+            vectors[todo_arr[ok]] = x
+            keep[todo_arr[~ok]] = False
+        rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
+        index = Index(folder, ident, vectors[keep], rows)
+        index.save(out)
     index.embedded, index.kept = len(todo) - int((~keep).sum()), len(reuse)
     return index
+
+
+def _replacing(state: str, old, folder: Path, ident: dict, dim: int) -> str:
+    """Why writing an index of ``folder`` with ``ident`` into ``out`` would replace it ('' when
+    it would not: a new folder, or the same folder and model)."""
+    if state == "damaged":
+        return f"holds a udml index that does not load ({old})"
+    if state == "new":
+        return ""
+    if old.folder != folder:
+        return f"is an index of another folder ({old.folder}, {len(old.files)} images)"
+    if old.model != ident:
+        return "is an index made with another model (every image would be embedded again)"
+    if old.dim != dim:
+        return f"holds {old.dim}-d vectors, not the {dim}-d ones its model gives"
+    return ""

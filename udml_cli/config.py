@@ -17,7 +17,10 @@ from udml_cli.errors import ConfigError
 
 class _Section(BaseModel):
     # every float must be finite (lr = inf, alpha = nan are refused); ranges are on the fields
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # strict: a value of the wrong type (true for a number, "5" for an int) is refused, not coerced
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True
+    )
 
 
 SEED = Field(0, ge=0, le=2**31 - 1, description="random seed")
@@ -305,7 +308,7 @@ def load_config(
     given) < ``--set`` overrides."""
     import copy
 
-    tree: dict[str, Any] = copy.deepcopy(base) if base and path is None else {}
+    tree: dict[str, Any] = copy.deepcopy(base) if base else {}
     source = ""
     if path is not None:
         from udml_cli.recipes import resolve_config_path
@@ -313,7 +316,12 @@ def load_config(
         path = resolve_config_path(path)
         source = str(path)
         try:
-            tree = tomllib.loads(path.read_text())
+            # a resume's base (the run's config) with the file's keys on top
+            for section, values in tomllib.loads(read_config_text(path)).items():
+                if isinstance(values, dict) and isinstance(tree.get(section), dict):
+                    tree[section].update(values)
+                else:
+                    tree[section] = values
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
@@ -333,6 +341,29 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few hundred bytes; a megabyte is a mistake
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text: a regular file (not a device, pipe or folder) of at most a MB."""
+    import os
+    import stat
+
+    def regular(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"config file {path} is not a regular file (a device, pipe or folder)"
+            )
+
+    regular(os.stat(path).st_mode)  # before opening: opening a pipe would wait for a writer
+    with open(path, "rb") as fh:
+        regular(os.fstat(fh.fileno()).st_mode)
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than 1 MB: not a udml run config")
+    return data.decode("utf-8")
 
 
 def config_from_dict(tree: dict) -> Config:

@@ -33,6 +33,22 @@ class Engine:
     threads: int = 0  # torch intra-op threads while training (0: leave torch's choice)
     extract_threads: int = 0  # … while extracting
     local_rank: int = 0
+    pids: tuple[int, ...] = ()  # every rank's process id, when all run on this machine
+
+    def first_alive(self) -> int | None:
+        """The lowest rank whose process still runs (``None``: not known, other machines): after
+        a peer is lost, it keeps the run's last whole step when rank 0 is the one gone."""
+        if len(self.pids) != self.world_size:
+            return None
+        for rank, pid in enumerate(self.pids):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    state = fh.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in ("Z", "X"):  # a zombie is dead, only not reaped yet
+                return rank
+        return None
 
     def use_threads(self, n: int) -> None:
         """torch's intra-op threads to ``n`` for the work that follows (0 or the current value:
@@ -234,6 +250,10 @@ def distributed_session(engine: Engine):
     if engine.device.type == "cuda":
         torch.cuda.set_device(engine.device)
     dist.init_process_group("nccl" if engine.device.type == "cuda" else "gloo")
+    if os.environ.get("LOCAL_WORLD_SIZE") == str(engine.world_size):  # one machine
+        pids: list = [None] * engine.world_size
+        dist.all_gather_object(pids, os.getpid())
+        engine.pids = tuple(pids)
     # the launcher stops the others with SIGTERM when one process fails: handled as Ctrl-C,
     # so rank 0 keeps its last whole step in last.pt
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -242,6 +262,18 @@ def distributed_session(engine: Engine):
     finally:
         signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C and SIGTERM wait until the work inside is done (a checkpoint being written), then
+    arrive as usual."""
+    stop = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _interrupt(signum, frame):

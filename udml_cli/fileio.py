@@ -71,6 +71,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise UsageError(f"{path} is not a regular file (a folder, device or pipe); refusing it")
     tmp = None
+    base = _first_existing(path.parent)
+    if not base.is_dir():
+        raise UsageError(f"cannot write {path}: {base} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -1,31 +1,47 @@
 """A searchable index of a folder of images: embeddings, paths, a faiss index, the model's identity.
 
-An index directory holds
-    vectors.npy   (N, dim) float32, L2-normalised, one row per image
-    files.tsv     relative path, size, mtime_ns per row (what an update compares)
-    index.faiss   inner-product index over the rows: exact below IVF_FROM rows, IVF above
-    index.json    format, folder, model identity, dim, image size, count
-Re-indexing a grown folder embeds only new or changed files (same model), keeps the rest.
+An index folder is one unit. ``index.json`` is its manifest: the folder indexed, the model's
+identity, the row count, the dimension, and the *generation* folder that holds the data:
+    gen-<id>/vectors.npy   (N, dim) float32, L2-normalised, one row per image
+    gen-<id>/files.jsonl   one JSON array per row: relative path, size, mtime_ns (any file name
+                           round-trips, a newline or a tab included)
+    gen-<id>/index.faiss   inner-product index over the rows: exact below IVF_FROM rows, IVF above
+with each file's byte count and SHA-256. A save writes a whole new generation, then switches with
+one atomic rewrite of ``index.json``, then removes the old one: an interrupted save leaves the
+previous index whole. A load checks the manifest against the files (sizes, checksums, rows of
+vectors = rows of files = vectors in the faiss file, the dimension, finite vectors) and refuses
+anything else with one line that says what is wrong and how to rebuild.
+Re-indexing a grown folder embeds only new or changed files (same folder and model), keeps the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
+import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from udml_cli.errors import DatasetError, UsageError
-from udml_cli.fileio import atomic_write_bytes, atomic_write_text
+from udml_cli.errors import DatasetError, UdmlError, UsageError
 
 FORMAT = "udml-index"
+VERSION = 2
+MANIFEST = "index.json"
+DATA_FILES = ("vectors.npy", "files.jsonl", "index.faiss")
+LEGACY_FILES = ("vectors.npy", "files.tsv", "index.faiss")  # version 1: flat, no generations
 IVF_FROM = 20_000  # rows from which duplicates use an IVF index (exact below)
 # Near-duplicate threshold on cosine similarity: see BENCHMARKS.md ("duplicates") for how it was
 # chosen: resized + re-encoded copies score above it, distinct images below.
 DEFAULT_THRESHOLD = 0.95
+
+
+class DamagedIndex(DatasetError):
+    """An index folder whose files do not agree with its manifest (or each other)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -45,50 +61,174 @@ def model_identity(checkpoint: Path | None, cfg) -> dict:
     return ident | {"backbone": cfg.model.backbone, "weights": cfg.model.weights}
 
 
+def rebuild_hint(out: Path, folder: Path | str | None = None) -> str:
+    return f"rebuild it: udml index {folder or 'FOLDER'} --out {out} --yes"
+
+
+def read_manifest(out: Path) -> dict:
+    """``index.json`` of ``out`` when it is a udml index's; one line naming the problem else."""
+    path = out / MANIFEST
+    if not out.exists():
+        raise UsageError(f"no index at {out}; build one with udml index FOLDER --out {out}")
+    if not out.is_dir():
+        raise UsageError(f"{out} is not a folder, so not a udml index")
+    if not path.is_file():
+        raise UsageError(f"{out} is not a udml index (no {MANIFEST}); build one with udml index")
+    try:
+        if path.stat().st_size > 1 << 24:
+            raise ValueError("larger than 16 MB")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DamagedIndex(f"{path}: unreadable ({_why(e)}); {rebuild_hint(out)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a udml index's manifest (no format = {FORMAT!r})")
+    return meta
+
+
+def _why(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text.splitlines()[0][:160]
+
+
 @dataclass
 class Index:
     folder: Path
     model: dict
     vectors: np.ndarray  # (N, dim) float32
     files: list[tuple[str, int, int]]  # (relative path, size, mtime_ns)
+    out: Path | None = None  # the index folder it was loaded from or saved to
+    generation: str | None = None
 
     @property
     def paths(self) -> list[str]:
         return [f[0] for f in self.files]
 
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
     # ---- files on disk -----------------------------------------------------------------------
     def save(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(self.vectors, dtype=np.float32))
-        atomic_write_bytes(out / "vectors.npy", buf.getvalue())
-        atomic_write_text(out / "files.tsv", "".join(f"{r}\t{s}\t{m}\n" for r, s, m in self.files))
+        """Write a new generation beside the current one, switch ``index.json`` to it (the one
+        atomic step), then remove the old. Interrupted at any point before the switch, the
+        previous index is still the one ``index.json`` names, whole."""
         import faiss
 
-        atomic_write_bytes(out / "index.faiss", faiss.serialize_index(self.faiss()).tobytes())
-        meta = {
-            "format": FORMAT, "version": 1, "folder": str(self.folder), "model": self.model,
-            "count": len(self.files), "dim": int(self.vectors.shape[1]),
-        }  # fmt: skip
-        atomic_write_text(out / "index.json", json.dumps(meta, indent=2) + "\n")  # last: complete
+        from udml_cli.fileio import atomic_write_text
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        legacy = _manifest_version(out) == 1
+        gen = f"gen-{secrets.token_hex(6)}"
+        tmp, final = out / f".{gen}.partial", out / gen
+        try:
+            tmp.mkdir()
+            vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+            with open(tmp / "vectors.npy", "wb") as fh:
+                np.save(fh, vectors)
+            rows = "".join(json.dumps([r, int(s), int(m)]) + "\n" for r, s, m in self.files)
+            (tmp / "files.jsonl").write_text(rows, encoding="ascii")
+            (tmp / "index.faiss").write_bytes(faiss.serialize_index(self.faiss()).tobytes())
+            listed = {}
+            for name in DATA_FILES:
+                _fsync(tmp / name)
+                listed[name] = {"bytes": (tmp / name).stat().st_size,
+                                "sha256": file_sha256(tmp / name)}  # fmt: skip
+            os.rename(tmp, final)
+            _fsync(out, folder=True)
+            meta = {
+                "format": FORMAT, "version": VERSION, "folder": str(self.folder),
+                "model": self.model, "count": len(self.files), "dim": self.dim,
+                "generation": gen, "files": listed,
+            }  # fmt: skip
+            atomic_write_text(out / MANIFEST, json.dumps(meta, indent=2) + "\n")  # the switch
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _manifest_generation(out) != gen:
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+        self.out, self.generation = out, gen
+        prune(out, keep=gen, legacy=legacy)
 
     @classmethod
     def load(cls, out: Path) -> Index:
-        meta_path = out / "index.json"
-        if not meta_path.is_file():
-            raise UsageError(
-                f"{out} is not a udml index (no index.json); build one with udml index"
-            )
+        """The index in ``out``, checked whole against its manifest; one line when it is not."""
+        out = Path(out)
+        meta = read_manifest(out)
+        hint = rebuild_hint(out, meta.get("folder"))
+        version = meta.get("version")
+        if version == 1:
+            raise UsageError(f"{out} was written by an older udml (index format 1); {hint}")
+        if version != VERSION:
+            raise UsageError(f"{out}: index format {version!r} is not one this udml reads; {hint}")
+        manifest = out / MANIFEST
         try:
-            meta = json.loads(meta_path.read_text())
-            vectors = np.load(out / "vectors.npy", allow_pickle=False)
-            rows = [ln.split("\t") for ln in (out / "files.tsv").read_text().splitlines()]
-            files = [(r[0], int(r[1]), int(r[2])) for r in rows]
-        except (OSError, ValueError, IndexError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{out}: damaged index ({type(e).__name__}); rebuild it") from None
-        if meta.get("format") != FORMAT or len(files) != len(vectors) or vectors.ndim != 2:
-            raise DatasetError(f"{out}: damaged or foreign index; rebuild it with udml index")
-        return cls(Path(meta["folder"]), meta["model"], vectors.astype(np.float32), files)
+            folder, model = Path(meta["folder"]), meta["model"]
+            count, dim, gen, listed = (int(meta["count"]), int(meta["dim"]), meta["generation"],
+                                       meta["files"])  # fmt: skip
+            if not (isinstance(model, dict) and isinstance(gen, str) and gen.startswith("gen-")
+                    and "/" not in gen and count >= 0 and dim >= 1):  # fmt: skip
+                raise ValueError
+            sums = {n: (int(listed[n]["bytes"]), str(listed[n]["sha256"])) for n in DATA_FILES}
+        except (KeyError, TypeError, ValueError):
+            raise DamagedIndex(f"{manifest}: a field is missing or malformed; {hint}") from None
+        gdir = out / gen
+        for name, (size, digest) in sums.items():
+            path = gdir / name
+            if not path.is_file():
+                raise DamagedIndex(f"{path}: missing ({MANIFEST} names it); {hint}")
+            if path.stat().st_size != size or file_sha256(path) != digest:
+                raise DamagedIndex(
+                    f"{path}: does not match its checksum in {MANIFEST} (changed or damaged "
+                    f"since it was written); {hint}"
+                )
+        path = gdir / "vectors.npy"
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DamagedIndex(f"{path}: not a .npy array ({_why(e)}); {hint}") from None
+        if vectors.dtype != np.float32 or vectors.shape != (count, dim):
+            raise DamagedIndex(
+                f"{path}: holds {vectors.shape} {vectors.dtype} but {MANIFEST} says ({count}, "
+                f"{dim}) float32; {hint}"
+            )
+        files = _read_files(gdir / "files.jsonl", count, hint)
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DamagedIndex(
+                f"{path}: {int(bad.sum())} rows hold NaN or infinite values (first: "
+                f"{files[first][0]!r}); the model that made them is broken; {hint}"
+            )
+        return cls(folder, model, vectors, files, out, gen)
+
+    def stored_faiss(self):
+        """The faiss index saved with these rows (checked: same count and dimension)."""
+        import faiss
+
+        if self.out is None or self.generation is None:
+            return self.faiss()
+        path = self.out / self.generation / "index.faiss"
+        hint = rebuild_hint(self.out, self.folder)
+        try:
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        except (OSError, RuntimeError, ValueError, MemoryError) as e:
+            raise DamagedIndex(f"{path}: not a faiss index ({_why(e)}); {hint}") from None
+        if index.ntotal != len(self.files) or index.d != self.dim:
+            raise DamagedIndex(
+                f"{path}: holds {index.ntotal} vectors of dimension {index.d} but {MANIFEST} says "
+                f"{len(self.files)} of {self.dim}; {hint}"
+            )
+        return index
+
+    def check_model(self, model_dim: int, what: str) -> None:
+        """Refuse a query model whose vectors are not this index's dimension."""
+        if model_dim != self.dim:
+            raise DamagedIndex(
+                f"{self.out}: holds {self.dim}-d vectors but {what} gives {model_dim}-d ones: "
+                f"{MANIFEST} names another model than the one its vectors came from; "
+                f"{rebuild_hint(self.out, self.folder)}"
+            )
 
     def faiss(self):
         """Inner product (= cosine on these rows): exact below IVF_FROM rows, IVF above."""
@@ -127,11 +267,85 @@ class Index:
         return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
 
 
-def read_index_faiss(out: Path):
-    import faiss
+def _read_files(path: Path, count: int, hint: str) -> list[tuple[str, int, int]]:
+    files = []
+    try:
+        lines = path.read_text(encoding="ascii").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        for line in lines:
+            rel, size, mtime = json.loads(line)
+            if not (isinstance(rel, str) and isinstance(size, int) and isinstance(mtime, int)):
+                raise ValueError("a row is not [path, size, mtime_ns]")
+            files.append((rel, size, mtime))
+    except (OSError, ValueError, TypeError) as e:
+        raise DamagedIndex(f"{path}: row {len(files) + 1} is damaged ({_why(e)}); {hint}") from None
+    if len(files) != count:
+        raise DamagedIndex(f"{path}: {len(files)} rows but {MANIFEST} says {count}; {hint}")
+    return files
 
-    data = np.fromfile(out / "index.faiss", dtype=np.uint8)
-    return faiss.deserialize_index(data)
+
+def _manifest_version(out: Path):
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((out / MANIFEST).read_text()).get("version")
+    return None
+
+
+def _manifest_generation(out: Path):
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((out / MANIFEST).read_text()).get("generation")
+    return None
+
+
+def _fsync(path: Path, folder: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def own_leftover(name: str) -> bool:
+    """A name only udml's index writer makes: a generation folder or an unfinished one."""
+    return name.startswith("gen-") or (name.startswith(".gen-") and name.endswith(".partial"))
+
+
+def prune(out: Path, keep: str, legacy: bool = False) -> None:
+    """Remove every generation but ``keep`` (and a format-1 index's flat files)."""
+    for entry in out.iterdir():
+        if own_leftover(entry.name) and entry.name != keep and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+    if legacy:
+        for name in LEGACY_FILES:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+
+
+def index_state(out: Path) -> tuple[str, Index | str | None]:
+    """What ``out`` holds before ``udml index`` writes there: ``("new", None)`` (missing, or
+    empty but for udml's own leftovers), ``("index", Index)``, ``("damaged", why)`` (a udml
+    index that does not load). A folder that is not a udml index raises."""
+    if not out.exists():
+        return "new", None
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not an index folder")
+    if not (out / MANIFEST).is_file():
+        others = [e.name for e in out.iterdir() if not own_leftover(e.name)]
+        if not others:
+            return "new", None
+        raise UsageError(
+            f"{out} is not a udml index (it holds {others[0]!r} and no {MANIFEST}): udml index "
+            "writes only into a new or empty folder or an index it made; choose another --out"
+        )
+    try:
+        read_manifest(out)
+    except DamagedIndex as e:  # an index.json that does not parse: replaceable with --yes
+        return "damaged", str(e)
+    # an index.json of something else than udml raises here: never replaced
+    try:
+        return "index", Index.load(out)
+    except UdmlError as e:
+        return "damaged", str(e)
 
 
 def duplicate_groups(

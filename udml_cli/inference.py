@@ -75,7 +75,24 @@ def embed_dataset(
     ok = index != FAILED
     bad = [str(dataset.paths[i]) for i in (~ok).nonzero()[0]]
     report_unreadable(bad, len(dataset), strict, where, none_ok)
-    return compact(x, ok), ok
+    rows = compact(x, ok)
+    if isinstance(rows, np.ndarray):
+        check_finite(rows, [p for p, good in zip(dataset.paths, ok.tolist(), strict=True) if good])
+    return rows, ok
+
+
+def check_finite(x: np.ndarray, paths: list) -> None:
+    """Refuse vectors that are NaN or infinite (a diverged or damaged checkpoint): no score,
+    cluster or index is made of them."""
+    from udml_cli.errors import UdmlError
+
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise UdmlError(
+            f"the model gives NaN or infinite vectors for {int(bad.sum())} of {len(x)} images "
+            f"(first: {paths[int(np.flatnonzero(bad)[0])]}): its checkpoint is damaged or "
+            "diverged; nothing was written"
+        )
 
 
 def compact(x: np.ndarray, keep: np.ndarray, chunk: int = 8192) -> np.ndarray:

@@ -116,6 +116,22 @@ def nmi(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 def evaluate_embeddings(
     x: np.ndarray, labels: np.ndarray, recall_at: list[int], with_nmi: bool = True, seed: int = 0
 ) -> dict:
+    """Retrieval metrics and NMI; refuses a split with nothing to score (no query has a
+    positive, or one class only: every neighbour would be right), so that no degenerate number
+    looks like a result."""
+    from udml_cli.errors import DatasetError
+
+    classes = len(np.unique(labels))
+    if classes < 2:
+        raise DatasetError(
+            f"nothing to score: the {len(labels)} images are all of one class (every neighbour "
+            "would count as right); evaluate on a split with at least two classes"
+        )
     out = retrieval_metrics(x, labels, recall_at)
+    if out["num_queries"] == 0:
+        raise DatasetError(
+            f"nothing to score: none of the {len(labels)} images has another image of its class "
+            f"({classes} classes); retrieval needs classes of two or more images"
+        )
     out["nmi"] = nmi(x, labels, seed) if with_nmi else None
     return out

@@ -149,42 +149,50 @@ def curves(run_dir: Path) -> str:
     from udml_cli.runs import read_metrics
 
     events = read_metrics(run_dir)
-    steps = [e for e in events if e["event"] == "step"]
-    clus = [e for e in events if e["event"] == "cluster"]
-    evals = [e for e in events if e["event"] == "eval"]
+
+    def points(event: str, x: str, y: str, scale: float = 1.0) -> list[tuple[float, float]]:
+        """(x, y) of every ``event`` record holding both as numbers (a damaged or older record
+        without them is left out, not an error)."""
+        return [(e[x], scale * e[y]) for e in events if e["event"] == event
+                and _number(e.get(x)) and _number(e.get(y))]  # fmt: skip
+
+    r1 = [dict(e, r1=e["recall_at"].get("1")) for e in events
+          if e["event"] == "eval" and isinstance(e.get("recall_at"), dict)]  # fmt: skip
     charts = [
         line_chart("losses per step", {
-            k: [(e["step"], e[k]) for e in steps if k in e]
-            for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
+            k: points("step", "step", k) for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
         }),
-        line_chart("images/s", {"images/s": [(e["step"], e["images_per_s"]) for e in steps]}),
+        line_chart("images/s", {"images/s": points("step", "step", "images_per_s")}),
         line_chart("re-clustering: largest cluster / singletons", {
-            "largest": [(e["epoch"], e["size_max"]) for e in clus],
-            "singletons": [(e["epoch"], e["singletons"]) for e in clus],
+            "largest": points("cluster", "epoch", "size_max"),
+            "singletons": points("cluster", "epoch", "singletons"),
         }),
-        line_chart("re-clustering NMI vs true labels (%)", {
-            "NMI": [(e["epoch"], 100 * e["nmi"]) for e in clus if "nmi" in e]
-        }),
+        line_chart("re-clustering NMI vs true labels (%)", {"NMI": points("cluster", "epoch", "nmi", 100)}),
         line_chart("STML neighbours of the same true class (%)", {
-            "precision": [(e["epoch"], 100 * e["precision"]) for e in events
-                          if e["event"] == "neighbours" and "precision" in e]
+            "precision": points("neighbours", "epoch", "precision", 100)
         }),
         line_chart("evaluation R@1 (%)", {
-            "R@1": [(e["epoch"], 100 * e["recall_at"]["1"]) for e in evals if "recall_at" in e]
+            "R@1": [(e["epoch"], 100 * e["r1"]) for e in r1 if _number(e["r1"])]
         }),
     ]  # fmt: skip
     return f'<div class="charts">{"".join(c for c in charts if c)}</div>'
 
 
+def _number(v) -> bool:
+    import math
+
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def index_report(index_dir: Path, threshold: float | None = None) -> str:
     from udml_cli.clustering import kmeans
     from udml_cli.config import auto_clusters
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, read_index_faiss
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups
 
     idx = Index.load(index_dir)
     paths = [idx.folder / p for p in idx.paths]
     t = DEFAULT_THRESHOLD if threshold is None else threshold
-    groups = duplicate_groups(idx.vectors, t, read_index_faiss(index_dir))
+    groups = duplicate_groups(idx.vectors, t, idx.stored_faiss())
     k = min(auto_clusters(len(paths), 2), len(paths))
     km = kmeans(idx.vectors, k, seed=0)
     return page(f"udml index: {idx.folder} ({len(paths)} images)", [

@@ -22,8 +22,9 @@ from udml_cli.fileio import umask
 
 
 class RunLock:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, command: str = "udml train") -> None:
         self.out = out
+        self.command = command
         self.path = out.parent / f".{out.name}.lock"
         self.fd: int | None = None
 
@@ -36,8 +37,8 @@ class RunLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise UsageError(
-                f"{self.out} is in use by another udml train (pid {holder}); wait for it to "
-                "finish or use another --out"
+                f"{self.out} is in use by another {self.command} (pid {holder}); wait for it "
+                "to finish or use another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -71,13 +72,47 @@ class ReplacedRun:
 
 
 def read_metrics(out: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl, in order (none when there is no log yet)."""
+    """The records of a run's metrics.jsonl, in order (none when there is no log yet). A cut last
+    line (what a crash mid-append leaves) is skipped with a warning; any other line that is not
+    a record (JSON object with ``event``, ``epoch`` and ``step``) is one error naming its line."""
     import json
+
+    from udml_cli.errors import DatasetError, warn
 
     log = Path(out) / "metrics.jsonl"
     if not log.is_file():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    try:
+        text = log.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise DatasetError(f"cannot read {log}: {e.strerror}") from None
+    lines = text.split("\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if n == len(lines) and not text.endswith("\n"):  # the last line, never finished
+                warn(f"{log}:{n}: the last line is cut short (a crash while writing?); skipped")
+                continue
+            raise DatasetError(f"{log}:{n}: not a JSON record; the log is damaged") from None
+        if not _is_record(record):
+            raise DatasetError(
+                f"{log}:{n}: not a udml record (a JSON object with event, epoch and step); "
+                "the log is damaged"
+            )
+        records.append(record)
+    return records
+
+
+def _is_record(r) -> bool:
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return isinstance(r, dict) and isinstance(r.get("event"), str) and whole(r.get("epoch")) \
+        and whole(r.get("step"))  # fmt: skip
 
 
 def holds_run(out: Path) -> bool:

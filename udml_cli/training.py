@@ -33,7 +33,7 @@ from udml_cli.data.layout import read_split
 from udml_cli.data.registry import DatasetRef
 from udml_cli.data.sampler import NeighbourSampler, PKSampler
 from udml_cli.data.transforms import eval_transform, train_transform
-from udml_cli.engine import Engine, extract, seed_everything
+from udml_cli.engine import Engine, deferred_signals, extract, seed_everything
 from udml_cli.errors import CheckpointError, DatasetError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
 from udml_cli.models.checkpoint import load_checkpoint, save_checkpoint
@@ -193,6 +193,7 @@ class Trainer:
         self.state = State()
         self.log_path = out / "metrics.jsonl"
         self.main = engine.is_main  # rank 0 writes; the other ranks compute
+        self.rescuer = False  # a rank that writes last.pt because rank 0 is gone
         # what DDP wraps (in ``run``)
         self.forward = (
             StudentForward(self.model, engine) if self.stml else UdmlForward(self.model, engine)
@@ -223,12 +224,20 @@ class Trainer:
         record = {"event": event, "epoch": self.state.epoch, "step": self.state.step, **fields}
         append_line(self.log_path, json.dumps(record))
 
+    def keep_last(self) -> None:
+        """After Ctrl-C, the launcher's SIGTERM or a lost peer: ``last.pt`` at the last whole
+        step, by rank 0, or by the lowest rank still running when rank 0 is the one gone (every
+        rank holds the same state). A signal during the write waits until it is done."""
+        self.rescuer = not self.main and self.engine.first_alive() == self.engine.rank
+        with deferred_signals():
+            self.save("last.pt")
+
     def save(self, name: str, full: bool = True) -> Path:
         """A checkpoint; ``full=False`` keeps what eval/embed need (weights, config, position),
         not the optimiser and cluster state a resume needs (3× smaller with Adam)."""
         s = self.state
         path = self.out / name
-        if not self.main:
+        if not (self.main or self.rescuer):
             return path
         state: dict = {"epoch": s.epoch, "iteration": s.iteration, "step": s.step}
         if full:
@@ -469,7 +478,7 @@ class Trainer:
                     self.log("eval", at=at, **evaluate(self.model))
         except KeyboardInterrupt:
             if s.ready:  # nothing worth keeping before the first clustering
-                self.save("last.pt")
+                self.keep_last()
                 self.log("interrupted", iteration=s.iteration)
             raise
         except RuntimeError as e:
@@ -477,7 +486,8 @@ class Trainer:
                 raise
             # another rank died: every collective comes before the optimiser step, so the
             # weights are those after step s.step, whole; keep them
-            self.save("last.pt")
+            if s.ready:
+                self.keep_last()
             self.log("interrupted", iteration=s.iteration)
             raise TrainingError(
                 f"another process of the run stopped at step {s.step} ({str(e).strip()[:120]}); "

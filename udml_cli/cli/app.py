@@ -19,7 +19,7 @@ from udml_cli.cli import (
     search,
     train,
 )
-from udml_cli.cli.common import say, set_data_stream
+from udml_cli.cli.common import DataOut, say, set_data_stream
 from udml_cli.cli.help import UdmlTyper
 from udml_cli.errors import UdmlError, describe_os_error
 
@@ -34,8 +34,8 @@ class _App(UdmlTyper):
         try:
             return super().__call__(*args, **kwargs)
         except UdmlError as e:
-            launch.record_error(_message(e))  # under `--nproc`: for the launcher to report
-            say("error:", "bold red", _message(e))
+            if not launch.record_error(_message(e)):  # under `--nproc`, the launcher says it
+                say("error:", "bold red", _message(e))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             say("interrupted", "yellow", "")
@@ -137,13 +137,19 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, prog_name="udml")  # help and version are the output: stdout
         return
     real_stdout = sys.stdout
-    fd_swapped = None
-    if real_stdout is sys.__stdout__ and real_stdout is not None:
-        # the real program: move file descriptor 1 too, so C libraries cannot write to it
-        sys.stdout.flush()
-        fd_swapped = os.dup(1)
+    fd_saved = None
+    if real_stdout is None or real_stdout is sys.__stdout__:
+        # the real program: data goes to the saved file descriptor 1 (unbuffered, see DataOut);
+        # fd 1 itself points at stderr, so neither Python nor C libraries can write data there
+        try:
+            os.fstat(1)
+            fd_saved = os.dup(1)
+        except OSError:  # stdout closed (>&-): no data can be written
+            fd_saved = None
+        if real_stdout is not None:
+            real_stdout.flush()
         os.dup2(2, 1)
-        data = os.fdopen(fd_swapped, "w", buffering=1, closefd=False)
+        data = DataOut(fd_saved)
     else:  # embedded (tests capture sys.stdout): swap the Python stream only
         data = real_stdout
     set_data_stream(data)
@@ -153,7 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sys.stdout = real_stdout
         set_data_stream(None)
-        if fd_swapped is not None:
-            data.flush()
-            os.dup2(fd_swapped, 1)
-            os.close(fd_swapped)
+        if fd_saved is not None:
+            os.dup2(fd_saved, 1)
+            os.close(fd_saved)

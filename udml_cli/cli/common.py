@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,57 @@ def set_data_stream(stream) -> None:
     _data_stream = stream
 
 
+class DataOut:
+    """The real stdout as udml writes data to it: unbuffered writes to a file descriptor (so a
+    failed write is reported once, with nothing left to flush at exit), text or bytes
+    (``.buffer``); a write that fails (a full disk, a closed pipe) is one ``UdmlError``; a
+    closed stdout (``fd`` None) refuses every write."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.buffer = self
+
+    def write(self, data) -> int:
+        if self.fd is None:
+            raise UsageError(CLOSED)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        view = memoryview(raw)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            from udml_cli.errors import UdmlError, describe_os_error
+
+            e.filename = "stdout"
+            raise UdmlError(describe_os_error(e)) from None
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return self.fd is not None and os.isatty(self.fd)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
+
+CLOSED = "stdout is closed: the data this command prints has nowhere to go; redirect it (> FILE)"
+
+
+def require_data_stream(what: str = "") -> None:
+    """Refuse before any work when the data a command will print has nowhere to go."""
+    if getattr(data_stream(), "closed", False):
+        raise UsageError(CLOSED + (f" or {what}" if what else ""))
+
+
+def _json_flag(value: bool) -> bool:
+    if value:
+        require_data_stream()
+    return value
+
+
 def one_line(text: str) -> str:
     """A message as one line: control characters of user-supplied text shown escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
@@ -67,7 +119,10 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one value: section.key=value (repeatable)."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON object on stdout.", callback=_json_flag),
+]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before replacing things.")]
 DataRootOpt = Annotated[
     str | None,
@@ -130,8 +185,9 @@ def ask(value: Any, prompt: str, option: str) -> Any:
 
 
 def emit_json(obj: Any) -> None:
+    """One JSON document on stdout: strict JSON (a NaN or infinity is a bug, not output)."""
     out = data_stream()
-    out.write(json.dumps(obj, indent=2, default=str) + "\n")
+    out.write(json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
     out.flush()
 
 

@@ -19,6 +19,7 @@ from udml_cli.cli.common import (
     console,
     data_stream,
     progress,
+    require_data_stream,
 )
 
 
@@ -59,6 +60,8 @@ def embed(
     from udml_cli.inference import load_model
     from udml_cli.npyfile import RowFile
 
+    if out is None:
+        require_data_stream("use --out FILE")
     if out is None and data_stream().isatty():
         raise UsageError(
             "refusing to write binary .npy to a terminal: redirect (> v.npy) or use --out"

@@ -26,21 +26,24 @@ def without_nproc(args: list[str]) -> list[str]:
     return out
 
 
-def record_error(message: str) -> None:
-    """A process started by ``launch`` leaves its error line where the launcher finds it (only
-    rank 0 prints: the others' lines would repeat it)."""
+def record_error(message: str) -> bool:
+    """A process started by ``launch`` leaves its error line where the launcher finds it and
+    prints nothing (the launcher prints one line for the run); ``False`` elsewhere."""
     folder = os.environ.get("UDML_ERRORS_DIR")
-    if folder:
-        with contextlib.suppress(OSError):
-            Path(folder, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(message)
+    if not folder or "RANK" not in os.environ:
+        return False
+    with contextlib.suppress(OSError):
+        Path(folder, f"rank-{os.environ['RANK']}.txt").write_text(message)
+    return True
 
 
-def launch(nproc: int, args: list[str]) -> None:
+def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
     """Run ``udml ARGS`` in ``nproc`` processes on this machine; returns when all have ended
     well. A failure ends every process: rank 0 has said why (one ``error:`` line), else the
     failing process is named here, with its error when it had one."""
     import logging
     import tempfile
+    import time
     import uuid
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -56,6 +59,7 @@ def launch(nproc: int, args: list[str]) -> None:
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"udml-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
     )  # fmt: skip
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="udml-errors-") as errors:
         os.environ["UDML_ERRORS_DIR"] = errors  # the processes inherit it
         try:
@@ -64,31 +68,48 @@ def launch(nproc: int, args: list[str]) -> None:
             sys.exit(130)
         except ChildFailedError as e:
             said = {int(p.stem[5:]): p.read_text() for p in Path(errors).glob("rank-*.txt")}
-            _report(e.failures, said, nproc)
+            last = out / "last.pt" if out is not None else None
+            kept = last if last is not None and _written_since(last, started) else None
+            _report(e.failures, said, nproc, kept)
         finally:
             os.environ.pop("UDML_ERRORS_DIR", None)
 
 
-def _report(failures: dict, said: dict[int, str], nproc: int) -> None:
-    """Exit as the run failed: quietly where rank 0 printed the error every process had, else
-    with one line naming the process that failed first (killed, or with its own error)."""
+def _written_since(path: Path, started: float) -> bool:
+    try:
+        return path.stat().st_mtime >= started - 1
+    except OSError:
+        return False
+
+
+def _report(failures: dict, said: dict[int, str], nproc: int, kept: Path | None = None) -> None:
+    """Exit as the run failed, with one line: the process killed from outside (and the
+    ``last.pt`` the survivors kept), else the error every process had (rank 0's), else the
+    process that failed first with its own error."""
     # killed from outside (SIGTERM is the launcher stopping the rest after a failure)
-    killed = sorted((r, f) for r, f in failures.items() if r != 0 and f.exitcode not in (-15,)
-                    and f.exitcode < 0)  # fmt: skip
-    if 0 in said and not killed:  # every process refused alike (a setting, the data)
-        zero = failures.get(0)
-        codes = [f.exitcode for f in failures.values() if f.exitcode > 0]
-        sys.exit(zero.exitcode if zero is not None and zero.exitcode > 0 else (codes or [1])[0])
-    # else name the process that failed first: killed (rank 0 said what it saved), or its error
-    others = sorted((r, f) for r, f in failures.items() if r != 0) or sorted(failures.items())
-    rank, first = (killed or others)[0]
-    if first.exitcode < 0:
-        how = f"was killed (signal {-first.exitcode})"
-    elif rank in said:
-        how = f"stopped: {said[rank]}"
-    else:
-        how = f"failed (exit code {first.exitcode}; UDML_DEBUG=1 shows its traceback)"
+    killed = sorted((r, f) for r, f in failures.items() if f.exitcode < 0 and f.exitcode != -15)
+    saved = f"; {kept} holds the last whole step: continue with --resume" if kept else ""
+    if killed:
+        rank, first = killed[0]
+        raise TrainingError(
+            f"process {rank} of {nproc} was killed (signal {-first.exitcode}); the others were "
+            f"stopped with it{saved}", exit_code=130,
+        )  # fmt: skip
+    if said:  # a process's own error line; rank 0's first (what every process refused alike)
+        rank = 0 if 0 in said else min(said)
+        codes = [f.exitcode for r, f in sorted(failures.items(), key=lambda t: t[0] != rank)
+                 if f.exitcode > 0]  # fmt: skip
+        code = (codes or [1])[0]
+        # a refused setting (exit 2) is every process's: said once, as rank 0 would
+        where = "" if rank == 0 or code == 2 else f"process {rank} of {nproc} stopped: "
+        raise TrainingError(f"{where}{said[rank]}{saved}", exit_code=code)
+    rank, first = min(failures.items())
+    how = (
+        f"was stopped (signal {-first.exitcode})"
+        if first.exitcode < 0
+        else f"failed (exit code {first.exitcode}; UDML_DEBUG=1 shows its traceback)"
+    )
     code = first.exitcode if first.exitcode > 0 else 130
     raise TrainingError(
-        f"process {rank} of {nproc} {how}; the others were stopped with it", exit_code=code
+        f"process {rank} of {nproc} {how}; the others were stopped with it{saved}", exit_code=code
     ) from None

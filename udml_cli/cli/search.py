@@ -16,6 +16,8 @@ from udml_cli.cli.common import (
     JsonOpt,
     StrictOpt,
     WeightsOpt,
+    YesOpt,
+    confirm,
     console,
     emit_json,
     progress,
@@ -34,8 +36,13 @@ def index(
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
     strict: StrictOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Embed every image under FOLDER into a searchable index (re-run: only new/changed files).
+
+    --out is a new or empty folder, or an index udml made: one of the same folder and model is
+    updated; one of another folder or model is replaced only with --yes (asked at a terminal).
+    The index is written whole or not at all: an interrupted run leaves the previous one.
 
     \b
     udml index ~/photos --checkpoint runs/photos/last.pt --out idx/photos
@@ -45,9 +52,14 @@ def index(
     from udml_cli.fileio import ensure_writable_dir
 
     ensure_writable_dir(out, "--out")
+
+    def asked(question: str, refuse: str) -> bool:
+        confirm(question, yes, refuse)
+        return True
+
     with progress() as bar:
         idx = build_index(folder, out, checkpoint, backbone, weights or "imagenet", image_size,
-                          device or "auto", strict, bar)  # fmt: skip
+                          device or "auto", strict, bar, replace=yes, ask=asked)  # fmt: skip
     console.print(
         f"indexed {len(idx.files)} images of {idx.folder} in {out}: {idx.embedded} embedded, "
         f"{idx.kept} unchanged kept"
@@ -58,18 +70,26 @@ def _query_model(idx, device):
     """The model an index was built with: the same checkpoint file (checked) or backbone."""
     from udml_cli.api import load_model
     from udml_cli.errors import UsageError
-    from udml_cli.index import file_sha256
+    from udml_cli.index import DamagedIndex, file_sha256
 
     m = idx.model
     if "checkpoint" in m:
-        ckpt = Path(m["checkpoint"])
-        if not ckpt.is_file() or file_sha256(ckpt) != m["sha256"]:
+        ckpt = Path(str(m["checkpoint"]))
+        if not ckpt.is_file() or file_sha256(ckpt) != m.get("sha256"):
             raise UsageError(
                 f"the index was built with {ckpt}, which is gone or changed since; "
                 "re-run udml index with the checkpoint you want"
             )
-        return load_model(ckpt, image_size=m["image_size"], device=device or "auto")
-    return load_model(None, m["backbone"], m["weights"], m["image_size"], device or "auto")
+        model, cfg = load_model(ckpt, image_size=m["image_size"], device=device or "auto")
+        idx.check_model(model.dim, str(ckpt))
+        return model, cfg
+    try:
+        backbone, weights, size = str(m["backbone"]), str(m["weights"]), int(m["image_size"])
+    except (KeyError, TypeError, ValueError):
+        raise DamagedIndex(f"{idx.out}/index.json: its model entry is malformed") from None
+    model, cfg = load_model(None, backbone, weights, size, device or "auto")
+    idx.check_model(model.dim, f"{backbone} ({weights})")
+    return model, cfg
 
 
 def search(
@@ -163,13 +183,13 @@ def duplicates(
     udml duplicates --index idx/photos
     udml duplicates --index idx/photos --threshold 0.9 --json > dupes.json
     """
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, read_index_faiss
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups
 
     idx = Index.load(index_dir)
     if html_out is not None:
         ensure_writable(html_out, "--html")
     t = DEFAULT_THRESHOLD if threshold is None else threshold
-    groups = duplicate_groups(idx.vectors, t, read_index_faiss(index_dir))
+    groups = duplicate_groups(idx.vectors, t, idx.stored_faiss())
     out = [
         {"size": len(g), "min_similarity": round(w, 6), "paths": [idx.paths[i] for i in g]}
         for g, w in groups

@@ -111,7 +111,7 @@ def train(
             args += ["--dataset", flags["data.dataset"]]  # answered at the prompt above
         if not given & {"--out", "-o"}:
             args += ["--out", str(out)]  # the default, decided once
-        launch.launch(nproc, args)
+        launch.launch(nproc, args, out)
         return
     started = time.perf_counter()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +54,23 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def listable(name: str) -> bool:
+    """A file name every list udml writes can hold as it is: valid UTF-8 and no control
+    character or line break (a newline or tab would split a row of files.jsonl's readers,
+    ``--paths``, ``--write-labels``, ``skipped.txt``)."""
+    return not any(unicodedata.category(c) in _UNLISTABLE for c in name)
+
+
+_UNLISTABLE = {"Cc", "Cs", "Zl", "Zp"}  # controls, undecodable bytes, line/paragraph separators
+
+
 def walk_images(root: Path, recursive: bool = True) -> Iterator[os.DirEntry]:
     """The image files under ``root`` (``recursive``: its whole tree), unsorted, as ``scandir``
     entries (they carry their stat); hidden files and folders are skipped and linked folders not
-    followed (one could loop). Every listing of a folder of images goes through here."""
+    followed (one could loop). A name no list can hold (see ``listable``) is skipped with one
+    warning naming the first. Every listing of a folder of images goes through here."""
     stack = [str(root)]
+    unlisted: list[str] = []
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
@@ -67,10 +80,23 @@ def walk_images(root: Path, recursive: bool = True) -> Iterator[os.DirEntry]:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
-                if recursive:
+                if recursive and listable(entry.name):
                     stack.append(entry.path)
+                elif recursive:
+                    unlisted.append(entry.path + "/")
             elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                yield entry
+                if listable(entry.name):
+                    yield entry
+                else:
+                    unlisted.append(entry.path)
+    if unlisted:
+        from udml_cli.errors import warn
+
+        first = ascii(unlisted[0])
+        warn(
+            f"skipped {len(unlisted)} files or folders whose names hold a line break, a control "
+            f"character or bytes that are not UTF-8 (first: {first}); rename them to include them"
+        )
 
 
 def image_files(root: Path, recursive: bool = True) -> list[Path]:
@@ -145,6 +171,16 @@ def _parse_txt(ref: DatasetRef, split: str) -> SplitReport:
                 Problem("error", name, lineno, f"label {' '.join(labels)!r} is not an integer")
             )
             continue
+        if any(not -(2**63) <= x < 2**63 for x in ints):
+            report.problems.append(
+                Problem(
+                    "error",
+                    name,
+                    lineno,
+                    f"label {' '.join(labels)!r} does not fit a 64-bit integer",
+                )
+            )
+            continue
         full = _inside(ref.root, rel)
         if full is None:
             report.problems.append(
@@ -171,7 +207,7 @@ def _folder_classes(ref: DatasetRef) -> dict[str, int]:
     for split in SPLITS:
         d = ref.root / split
         if d.is_dir():
-            names.update(p.name for p in d.iterdir() if p.is_dir())
+            names.update(p.name for p in d.iterdir() if p.is_dir() and listable(p.name))
     return {n: i for i, n in enumerate(sorted(names))}
 
 
@@ -181,11 +217,10 @@ def _parse_folder(ref: DatasetRef, split: str, classes: dict[str, int]) -> Split
     if not d.is_dir():
         report.problems.append(Problem("error", f"{split}/", None, "folder missing"))
         return report
-    for cls in sorted(p for p in d.iterdir() if p.is_dir()):
-        for img in sorted(cls.rglob("*")):
-            if img.is_file() and is_image(img):
-                rel = img.relative_to(ref.root).as_posix()
-                report.samples.append(Sample(img.resolve(), classes[cls.name], rel))
+    for cls in sorted(p for p in d.iterdir() if p.is_dir() and p.name in classes):
+        for img in image_files(cls):
+            rel = img.relative_to(ref.root).as_posix()
+            report.samples.append(Sample(img.resolve(), classes[cls.name], rel))
     return report
 
 

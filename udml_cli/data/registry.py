@@ -44,7 +44,13 @@ def udml_home() -> Path:
     """``$UDML_HOME`` or the user's config dir (``~/.config/udml`` on Linux)."""
     env = os.environ.get("UDML_HOME")
     if env:
-        return Path(env).expanduser()
+        home = Path(env).expanduser()
+        base = next((p for p in (home, *home.parents) if p.exists()), None)
+        if base is not None and not base.is_dir():
+            raise RegistryError(
+                f"UDML_HOME={env}: {base} is a file, not a folder; point UDML_HOME at a folder"
+            )
+        return home
     from platformdirs import user_config_dir
 
     return Path(user_config_dir("udml"))
