@@ -84,13 +84,13 @@ def main() -> None:
         cfg = load_config(template, [*sets, f"data.dataset={data}"])
         engine = resolve_engine(cfg.engine)
         trainer = Trainer(cfg, resolve_dataset(str(data)), Path(tmp) / "ref", engine)
-        trainer.state.pseudo_labels = torch.randint(0, cfg.cluster.num_clusters, (n,)).numpy()
+        trainer.method.pseudo_labels = torch.randint(0, cfg.cluster.num_clusters, (n,)).numpy()
         t = cfg.train
-        sampler = PKSampler(trainer.state.pseudo_labels, t.batch_size, t.instances, 0, 2)
+        sampler = PKSampler(trainer.method.pseudo_labels, t.batch_size, t.instances, 0, 2)
         batch = [(i, j) for j, i in enumerate(sampler.epoch(0)[0])]
-        trainer.augmented.labels = trainer.state.pseudo_labels
+        trainer.images.augmented.labels = trainer.method.pseudo_labels
         trainer.model.train(True, freeze_bn=True)
-        images, labels = next(iter(engine.batch_loader(trainer.augmented, [batch])))
+        images, labels = next(iter(engine.batch_loader(trainer.images.augmented, [batch])))
         images = engine.to_device(images)
         trainer.train_step(images, labels)  # warm-up
         _sync(engine)

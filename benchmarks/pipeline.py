@@ -65,13 +65,13 @@ def main() -> None:
         # the reference: the same step on a batch already in memory (no decode, no augmentation)
         trainer = Trainer(cfg, ref, Path(tmp) / "ref", engine)
     rng = np.random.default_rng(0)
-    trainer.state.pseudo_labels = rng.integers(0, cfg.cluster.num_clusters, len(trainer.plain))
+    trainer.method.pseudo_labels = rng.integers(0, cfg.cluster.num_clusters, len(trainer.plain))
     t = cfg.train
-    sampler = PKSampler(trainer.state.pseudo_labels, t.batch_size, t.instances, 0, 2)
+    sampler = PKSampler(trainer.method.pseudo_labels, t.batch_size, t.instances, 0, 2)
     batch = [(i, j) for j, i in enumerate(sampler.epoch(0)[0])]
-    trainer.augmented.labels = trainer.state.pseudo_labels
+    trainer.images.augmented.labels = trainer.method.pseudo_labels
     trainer.model.train(True, freeze_bn=True)
-    first = next(iter(engine.batch_loader(trainer.augmented, [batch])))
+    first = next(iter(engine.batch_loader(trainer.images.augmented, [batch])))
     trainer.train_step(*first)  # warm-up
     with Timer() as t_mem:
         for _ in range(args.iters - 1):

@@ -57,7 +57,13 @@ def test_diagnostics_hand_worked():
     assert (d["size_min"], d["size_median"], d["size_max"]) == (2, 2.5, 3)
     assert (d["empty"], d["singletons"], d["sizes"]) == (1, 0, [2, 3, 0])
     assert d["purity"] == pytest.approx(0.8)
-    assert 0 < d["nmi"] < 1 and d["ari"] < 1
+    # by hand: contingency [[2, 0], [1, 2]]; both marginals (2/5, 3/5): H = 0.673012 nats;
+    # MI = 2·(2/5)·ln(5/3) + (1/5)·ln(5/9) = 0.291103; NMI = MI / H. ARI: Σ C(n_ij, 2) = 2,
+    # rows and columns Σ C(·, 2) = 4 each, expected 4·4 / C(5, 2) = 1.6: (2 − 1.6) / (4 − 1.6)
+    mi = 2 * 0.4 * np.log(5 / 3) + 0.2 * np.log(5 / 9)
+    h = -(0.4 * np.log(0.4) + 0.6 * np.log(0.6))
+    assert d["nmi"] == pytest.approx(mi / h, abs=1e-9) == pytest.approx(0.432538, abs=1e-6)
+    assert d["ari"] == pytest.approx(1 / 6, abs=1e-9)
 
 
 def test_n_init_keeps_the_best_run():

@@ -16,6 +16,8 @@ import pytest
 import torch
 from conftest import TINY, run_udml
 
+pytestmark = pytest.mark.slow
+
 # 3 batches per epoch, 4 epochs (a re-clustering at epoch 2), every step logged
 RUN = [*TINY, "--set", "train.iters_per_epoch=3", "--set", "train.final_eval=false"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from conftest import TINY as BASE
 from udml_cli.config import Config, ModelConfig
 from udml_cli.models import backbones
 from udml_cli.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from udml_cli.models.net import build_model
+from udml_cli.models.net import build_model, build_network
 
 
 def _fake_imagenet(monkeypatch, tmp_path):
@@ -64,7 +65,7 @@ def test_every_backbone_survives_a_checkpoint(name, monkeypatch, tmp_path):
     weights = {"tiny-test": "none", "bvlc_googlenet": str(bvlc_file)}.get(name, "imagenet")
     cfg = Config(model=ModelConfig(backbone=name, weights=weights, dim=32))
     torch.manual_seed(0)
-    trained = build_model(cfg.model).eval()
+    trained = build_network(cfg).eval()
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     ckpt = tmp_path / "c.pt"
     save_checkpoint(ckpt, trained, cfg, "syn")
@@ -188,7 +189,7 @@ def test_cuda_train_step_losses_are_fp32(layout, tmp_path):
     cfg = _tiny_config(engine={"device": "cuda", "precision": "bf16"})
     trainer = Trainer(cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine))
     seen = []
-    from udml_cli import udml_ss
+    from udml_cli.methods import udml_ss
 
     real = udml_ss.weight_loss
     udml_ss.weight_loss = lambda emb, *a, **k: seen.append(emb.dtype) or real(emb, *a, **k)
@@ -236,7 +237,7 @@ def test_rotation_images_are_drawn_across_the_batch(monkeypatch, layout, tmp_pat
     trainer = training.Trainer(
         cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine)
     )
-    from udml_cli import udml_ss
+    from udml_cli.methods import udml_ss
 
     seen = []
     real = udml_ss.rotate_batch
@@ -287,12 +288,12 @@ def test_resume_refuses_other_changes_and_leaves_the_run_alone(cli, layout, tmp_
 
 # ---- 5. Ctrl-C between re-clustering and the sampler rebuild --------------------------------
 def test_ctrl_c_right_after_reclustering_resumes_bit_exact(cli, layout, tmp_path, monkeypatch):
-    from udml_cli import training
+    from udml_cli.methods import udml_ss
 
     straight, cut = tmp_path / "a", tmp_path / "b"
     extra = ["--epochs", "4", "--set", "cluster.niter=1", "--set", "cluster.init=random"]
     assert cli("train", "--dataset", layout, "--out", straight, *TINY, *extra).code == 0
-    real, calls = training.PKSampler, {"n": 0}
+    real, calls = udml_ss.PKSampler, {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -300,12 +301,12 @@ def test_ctrl_c_right_after_reclustering_resumes_bit_exact(cli, layout, tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(training, "PKSampler", flaky)
+    monkeypatch.setattr(udml_ss, "PKSampler", flaky)
     r = cli("train", "--dataset", layout, "--out", cut, *TINY, *extra)
     assert r.code == 130, r.err
     saved = torch.load(cut / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["iteration"], saved["clustered_at"]) == (2, 0, 2)
-    monkeypatch.setattr(training, "PKSampler", real)
+    monkeypatch.setattr(udml_ss, "PKSampler", real)
     assert cli("train", "--out", cut, "--resume").code == 0
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(cut / "last.pt", weights_only=True)
@@ -357,3 +358,25 @@ def test_eval_run_dir_scores_every_checkpoint(cli, layout, tmp_path):
     assert "selection on the evaluation data" in " ".join(r.err.split())
     best = max(table["checkpoints"], key=lambda c: c["recall_at"]["1"])
     assert table["best_r1"] == best["model"]
+
+
+# ---- the fidelity table cites code that exists -----------------------------------------------
+def test_every_cited_symbol_exists():
+    """Each ``udml_cli/…py:Name`` (or ``Class.method``) docs/fidelity.md cites is defined there:
+    a move or rename fails here instead of leaving the table stale."""
+    import ast
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs/fidelity.md").read_text()
+    cited = set(re.findall(r"`(udml_cli/[\w/]+\.py):([\w.]+)`", text))
+    assert len(cited) >= 20
+    for path, symbol in sorted(cited):
+        tree = ast.parse((repo / path).read_text())
+        scope = tree.body
+        for part in symbol.split("."):
+            found = [n for n in scope if isinstance(n, ast.FunctionDef | ast.ClassDef)
+                     and n.name == part]  # fmt: skip
+            assert found, f"docs/fidelity.md cites {path}:{symbol}, which is not there"
+            scope = found[0].body
+    assert not re.findall(r"`udml_cli/[\w/]+\.py:\d", text)  # line numbers go stale

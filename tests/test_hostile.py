@@ -144,7 +144,7 @@ def test_bad_numbers_are_refused_before_work(layout, tmp_path, setting, needle):
 def test_nan_message_says_no_checkpoint_exists_yet(layout, tmp_path):
     out = tmp_path / "run"
     patch = (
-        "import torch, udml_cli.udml_ss as t\n"
+        "import torch, udml_cli.methods.udml_ss as t\n"
         "t.weight_loss = lambda *a, **k: torch.tensor(float('nan'))\n"
     )
     proc = udml("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "1", patch=patch)
@@ -167,10 +167,10 @@ def test_hostile_weights_file_is_one_line_without_unsafe_advice(layout, tmp_path
     )
     line = refused(proc, "cannot load weights for resnet18")
     assert "weights_only" not in proc.stderr.decode() and not (tmp_path / "pwned").exists()
+    assert str(evil) in line  # names the file
     text = tmp_path / "notes.pth"
     text.write_text("not weights")
     refused(udml("eval", "--backbone", "resnet18", "--weights", text, "--dataset", layout), "notes")
-    assert line
 
 
 # ---- output paths ---------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_replacing_a_run_starts_empty(layout, run):
 
 def test_replacing_a_run_that_then_fails_keeps_the_old_one(layout, run):
     before = snapshot(run)
-    patch = "import udml_cli.training as t\nt.kmeans = lambda *a, **k: 1 / 0\n"
+    patch = "import udml_cli.methods.udml_ss as t\nt.kmeans = lambda *a, **k: 1 / 0\n"
     proc = udml("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "1", "--yes",
                 patch=patch)  # fmt: skip
     refused(proc, "internal error (ZeroDivisionError")

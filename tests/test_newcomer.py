@@ -173,7 +173,7 @@ def _simulated_countdown(epochs, per_epoch, up_step):
 
 @pytest.mark.parametrize("epochs,per_epoch,up_step", [(1, 20, 5), (4, 5, 2), (10, 3, 5), (6, 1, 1)])
 def test_recluster_countdown_matches_a_replay(epochs, per_epoch, up_step):
-    from udml_cli.training import recluster_note
+    from udml_cli.methods.udml_ss import recluster_note
 
     for (epoch, it), ahead in _simulated_countdown(epochs, per_epoch, up_step):
         note = recluster_note(epoch, it, per_epoch, up_step, epochs)

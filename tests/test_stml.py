@@ -103,7 +103,7 @@ def test_neighbour_sampler_draws_queries_with_their_neighbours():
 
 
 def test_ema_update_is_the_moving_average():
-    from udml_cli.stml import ema_update
+    from udml_cli.methods.stml import ema_update
 
     student, teacher = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
@@ -149,10 +149,12 @@ def test_stml_trains_resumes_bit_exactly_and_serves_eval(cli, layout, tmp_path, 
     # the teacher moved from the student's start by the moving average, not onto the student
     assert any(not torch.equal(a["model"][k], a["teacher"][k]) for k in a["model"])
     r = cli("eval", "--checkpoint", straight / "last.pt", "--json")
-    assert r.code == 0, r.err and json.loads(r.out)["dim"] == 512
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dim"] == 512
     r = cli("embed", layout / "test" / "c06", "--checkpoint", straight / "epoch_0004.pt",
             "--out", tmp_path / "v.npy")  # fmt: skip
-    assert r.code == 0, r.err and np.load(tmp_path / "v.npy").shape == (8, 512)
+    assert r.code == 0, r.err
+    assert np.load(tmp_path / "v.npy").shape == (8, 512)
 
 
 def test_stml_settings_are_checked(cli, layout, tmp_path):
@@ -162,7 +164,7 @@ def test_stml_settings_are_checked(cli, layout, tmp_path):
 
 
 def test_stml_nan_guard_and_report(cli, layout, tmp_path, monkeypatch):
-    from udml_cli import stml
+    from udml_cli.methods import stml
 
     out = tmp_path / "run"
     assert cli("train", "--dataset", layout, "--out", out, *TINY, *STML, "--epochs", "2").code == 0
@@ -182,3 +184,56 @@ def test_stml_nan_guard_and_report(cli, layout, tmp_path, monkeypatch):
     errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
     assert r.code == 3 and len(errors) == 1 and "loss became nan" in errors[0]
     assert (out / "last.pt").read_bytes() == before
+
+
+def _stml_trainer(layout, tmp_path):
+    import udml_cli as udml
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.engine import resolve_engine
+    from udml_cli.training import Trainer
+
+    cfg = udml.settings(
+        None, model={"backbone": "tiny-test", "weights": "none", "dim": 16,
+                     "head_init": "orthogonal"},
+        data={"image_size": 16, "resize": 18},
+        train={"method": "stml", "batch_size": 8, "epochs": 1, "optimizer": "adamp"},
+        stml={"neighbors": 2, "aux_dim": 12}, engine={"device": "cpu", "workers": 0},
+    )  # fmt: skip
+    return Trainer(cfg, resolve_dataset(str(layout)), tmp_path / "r", resolve_engine(cfg.engine))
+
+
+def test_the_teacher_has_its_own_g_head(layout, tmp_path):
+    """As STML's code builds a second network: the same pretrained backbone, a g head of its own
+    (orthogonal, zero bias), not a copy of the student's."""
+    trainer = _stml_trainer(layout, tmp_path)
+    student, teacher = trainer.model, trainer.method.teacher
+    for (name, a), b in zip(student.backbone.state_dict().items(),
+                            teacher.backbone.state_dict().values(), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    w_s, w_t = student.aux_head.weight.detach(), teacher.aux_head.weight.detach()
+    assert not torch.allclose(w_s, w_t)
+    for w in (w_s, w_t):  # 12 × 16: orthonormal rows
+        torch.testing.assert_close(w @ w.T, torch.eye(12), atol=1e-5, rtol=0)
+    assert teacher.aux_head.bias.abs().max() == 0
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_neighbours_are_searched_on_whole_squashed_images(layout, tmp_path, monkeypatch):
+    """STML's Transform_for_Sampler: the whole image resized to data.resize², no crop."""
+    from PIL import Image
+
+    from udml_cli.data.transforms import Squash
+
+    trainer = _stml_trainer(layout, tmp_path)
+    view = trainer.images.view("squash")
+    im = Image.open(view.paths[0]).convert("RGB")
+    x = view[0][0]
+    assert tuple(x.shape) == (3, 18, 18)
+    expected = Squash(18)(im)
+    torch.testing.assert_close(x, expected)
+    asked = []
+    real = trainer.features
+    monkeypatch.setattr(trainer, "features", lambda v="eval": asked.append(v) or real(v))
+    trainer.out.mkdir()
+    trainer.method.refresh(0, first=True)
+    assert asked == ["squash"] and trainer.method.neighbours.shape == (len(trainer.plain), 2)

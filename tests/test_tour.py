@@ -18,7 +18,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO, make_layout, write_image
+
+pytestmark = pytest.mark.slow
 
 
 def tour_commands() -> list[str]:

@@ -168,7 +168,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_matches(cli, layout, tmp_path, monkey
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, layout, tmp_path, monkeypatch):
-    from udml_cli import udml_ss
+    from udml_cli.methods import udml_ss
 
     out = tmp_path / "run"
     assert _train(cli, layout, out, "--epochs", "2").code == 0

@@ -192,7 +192,7 @@ def _scorer(cfg: Config, ref, engine, progress):
 def run_summary(out: str | Path) -> dict:
     """What a run's metrics.jsonl says at the end: epochs, steps, training seconds, the last
     epoch's mean loss, the last step's loss parts, and the first and last evaluation."""
-    from udml_cli.runs import read_metrics
+    from udml_cli.runs import read_metrics, run_losses
 
     records = read_metrics(Path(out))
 
@@ -208,11 +208,7 @@ def run_summary(out: str | Path) -> dict:
         "steps": records[-1]["step"] if records else 0,
         "seconds": round(sum(r["seconds"] for r in epochs), 1),
         "mean_loss": epochs[-1]["mean_loss"] if epochs else None,
-        "last_step": {
-            k: last_step[k]
-            for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
-            if k in last_step
-        },
+        "last_step": {k: last_step[k] for k in run_losses(Path(out)) if k in last_step},
         "start": evals[0] if evals and evals[0]["step"] == 0 else None,
         "end": evals[-1] if evals and evals[-1]["step"] > 0 else None,
     }

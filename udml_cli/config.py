@@ -121,10 +121,11 @@ class ClusterConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["udml-ss", "stml"] = Field(
+    method: str = Field(
         "udml-ss",
         description="udml-ss: k-means pseudo-labels, Weight + rotation loss (the paper); stml: "
-        "self-taught metric learning (EMA teacher, contextual similarity; the [stml] section)",
+        "self-taught metric learning (EMA teacher, contextual similarity; the [stml] section); "
+        "any method registered in udml_cli/methods",
     )
     optimizer: Literal["adam", "adamp"] = Field(
         "adam", description="adam (UDML-SS) or adamp (AdamP with Nesterov, STML's code)"
@@ -161,15 +162,6 @@ class TrainConfig(_Section):
         "does); off, they hold what eval/embed need",
     )
     seed: int = SEED
-
-    @model_validator(mode="after")
-    def _pk(self) -> TrainConfig:
-        if self.method == "udml-ss" and self.batch_size % self.instances:
-            raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of "
-                f"train.instances ({self.instances})"
-            )
-        return self
 
 
 class StmlConfig(_Section):
@@ -229,29 +221,32 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _trainable(self) -> Config:
-        """Across sections, what no data can make right (the data's checks: training.validate)."""
-        if self.train.method == "stml":
-            if self.train.batch_size % self.stml.neighbors:
-                raise ValueError(
-                    f"train.batch_size ({self.train.batch_size}) must be a multiple of "
-                    f"stml.neighbors ({self.stml.neighbors})"
-                )
-            if self.model.head_init == "pca":
-                raise ValueError("model.head_init = pca is for udml-ss; use orthogonal or identity")
-            return self  # the [loss] section is UDML-SS's
-        if self.loss.rot_batch > self.train.batch_size:
-            raise ValueError(
-                f"loss.rot_batch ({self.loss.rot_batch}) exceeds train.batch_size "
-                f"({self.train.batch_size})"
-            )
-        if self.loss.metric_weight == 0 and self.loss.rot_weight == 0:
-            raise ValueError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
+        """What no data can make right, as the training method sees it (the data's checks:
+        the method's ``check_data``)."""
+        from udml_cli.methods import method_class
+
+        method_class(self.train.method).check_config(self)
         return self
 
     def to_toml(self) -> str:
+        """The config as TOML, with the settings of this run's method and none of another's."""
         import tomli_w
 
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+        from udml_cli.methods import all_methods, method_class
+
+        tree = self.model_dump(mode="json", exclude_none=True)
+        own = method_class(self.train.method).sections
+        for other in all_methods():
+            for section, keys in other.sections.items():
+                mine = own.get(section, set())
+                if mine is None or section not in tree:
+                    continue  # the whole section is this method's too
+                for key in list(tree[section]) if keys is None else keys:
+                    if key not in (mine or set()):
+                        tree[section].pop(key, None)
+                if not tree[section]:
+                    del tree[section]
+        return tomli_w.dumps(tree)
 
 
 def _parse_value(raw: str) -> Any:

@@ -146,7 +146,7 @@ def duplicate_section(groups, paths: list[Path], most: int = 10) -> str:
 
 
 def curves(run_dir: Path) -> str:
-    from udml_cli.runs import read_metrics
+    from udml_cli.runs import read_metrics, run_losses
 
     events = read_metrics(run_dir)
 
@@ -160,7 +160,7 @@ def curves(run_dir: Path) -> str:
           if e["event"] == "eval" and isinstance(e.get("recall_at"), dict)]  # fmt: skip
     charts = [
         line_chart("losses per step", {
-            k: points("step", "step", k) for k in ("loss", "weight_loss", "rot_loss", "rc_loss", "kl_loss")
+            k: points("step", "step", k) for k in run_losses(run_dir)
         }),
         line_chart("images/s", {"images/s": points("step", "step", "images_per_s")}),
         line_chart("re-clustering: largest cluster / singletons", {

@@ -107,6 +107,22 @@ def read_metrics(out: Path) -> list[dict]:
     return records
 
 
+def run_losses(out: Path) -> tuple[str, ...]:
+    """The loss names a run's method logs (its config.toml says which method; UDML-SS's when
+    it cannot be read)."""
+    import tomllib
+
+    from udml_cli.methods import method_class
+
+    name = "udml-ss"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        name = str(tomllib.loads((Path(out) / "config.toml").read_text())["train"]["method"])
+    try:
+        return method_class(name).losses
+    except UsageError:
+        return method_class("udml-ss").losses
+
+
 def _is_record(r) -> bool:
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -146,3 +162,60 @@ def resume_checkpoint(out: Path, ask) -> tuple[Path, dict]:
         f"{problem}; no intact full epoch_NNNN.pt to fall back on either (epoch files hold the "
         "weights only unless train.full_epoch_checkpoints = true)"
     )
+
+
+# What may differ between a run and its resumption: how long, how often things are written or
+# evaluated, where data lives, how the work runs. Learning rates and weight decay are re-applied
+# to the restored optimiser. Anything else would make a different run: refused, naming the keys.
+_FREE_ON_RESUME = {
+    "train.epochs", "train.save_step", "train.eval_step", "train.log_every", "data.data_root",
+    "data.cache", "data.strict", "data.eval_dataset", "train.final_eval",
+    "train.full_epoch_checkpoints",
+}  # fmt: skip
+_REAPPLIED = {"train.lr", "train.head_lr", "train.rot_lr", "train.weight_decay"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(saved: dict, cfg, path: Path) -> dict:
+    """``{key: (old, new)}`` for the re-applied keys that changed; refuse other changes."""
+    from udml_cli.config import Config
+
+    defaults = _flat(Config().model_dump(mode="json"))  # keys newer than the checkpoint
+    old = defaults | _flat(saved)
+    new = _flat(cfg.model_dump(mode="json"))
+    changed = {
+        k: (old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.startswith(("engine.", "eval."))
+    }
+    refused = [k for k in changed if k not in _FREE_ON_RESUME | _REAPPLIED]
+    if refused:
+        shown = ", ".join(f"{k} ({changed[k][0]} → {changed[k][1]})" for k in refused[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise UsageError(
+            f"{path}: cannot resume with different settings: {shown}{more}; resume with the run's "
+            "config.toml (drop those --set/--config values) or start a new run with another --out"
+        )
+    return {k: v for k, v in changed.items() if k in _REAPPLIED}
+
+
+def forget_steps_after(log: Path, step: int) -> None:
+    """A resume from an older checkpoint (kill -9, a damaged last.pt) redoes steps that
+    metrics.jsonl already holds: drop those records so every step appears once."""
+    import json
+
+    from udml_cli.fileio import atomic_write_text
+
+    if not log.is_file():
+        return
+    kept = [r for r in read_metrics(log.parent) if r["step"] <= step]
+    atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))

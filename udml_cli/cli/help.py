@@ -24,7 +24,7 @@ METAVARS = {"set_": "KEY=VALUE"}
 
 
 def _builtin(key: str):
-    value = Config()
+    value = Config.model_construct()  # the defaults, without the method checks (no torch)
     for part in key.split("."):
         value = getattr(value, part)
     return value

@@ -147,9 +147,10 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
     from rich.table import Table
 
     from udml_cli.cli.evaluate import percent_columns
+    from udml_cli.methods.base import short
 
     parts = summary["last_step"]
-    losses = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+    losses = " ".join(f"{k} {short(v)}" for k, v in parts.items())
     console.print(
         f"done: {last} after {summary['epochs']} epochs, {summary['steps']} steps, "
         f"{seconds:.0f} s (training {summary['seconds']:.0f} s); metrics in "

@@ -41,6 +41,17 @@ class ResizeCenterCrop:
         return to_tensor(im.crop((left, top, left + self.size, top + self.size)))
 
 
+class Squash:
+    """The whole image resized to ``size``×``size`` (aspect not kept, nothing cropped): STML's
+    ``Transform_for_Sampler``, what its neighbour search sees."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return to_tensor(im.resize((self.size, self.size), Image.BILINEAR))
+
+
 def eval_transform(cfg: DataConfig):
     return ResizeCenterCrop(cfg.resize, cfg.image_size)
 

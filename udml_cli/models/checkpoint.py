@@ -54,10 +54,6 @@ def save_checkpoint(path: str | os.PathLike, model, cfg: Config, dataset: str, *
 # what every checkpoint holds, and what a training (resumable) one holds besides
 _REQUIRED = {"config": dict, "model": dict}
 _TRAINING = {"epoch": int, "iteration": int, "step": int, "optimizer": dict}
-_METHOD = {  # … and what each method's state adds
-    "udml-ss": {"pseudo_labels": torch.Tensor, "centroids": torch.Tensor},
-    "stml": {"neighbours": torch.Tensor, "teacher": dict},
-}
 
 
 def _check_fields(payload: dict, fields: dict, path: Path, what: str) -> None:
@@ -107,26 +103,36 @@ def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
         )
     _check_fields(payload, _REQUIRED, path, "")
     if training:
-        method = (payload["config"].get("train") or {}).get("method", "udml-ss")
-        fields = _TRAINING | _METHOD.get(method, {})
-        _check_fields(payload, fields, path, "; it cannot be resumed from")
-        if method == "stml":
-            if payload["neighbours"].dim() != 2:
-                raise CheckpointError(f"{path}: damaged udml checkpoint (neighbour state)")
-        elif payload["pseudo_labels"].dim() != 1 or payload["centroids"].dim() != 2:
-            raise CheckpointError(f"{path}: damaged udml checkpoint (cluster state)")
+        from udml_cli.errors import UsageError
+        from udml_cli.methods import method_class
+
+        name = (payload["config"].get("train") or {}).get("method", "udml-ss")
+        try:
+            kind = method_class(str(name))
+        except UsageError as e:
+            raise CheckpointError(
+                f"{path}: trained with a method this udml does not have ({e})"
+            ) from None
+        _check_fields(payload, _TRAINING | kind.checkpoint_fields, path,
+                      "; it cannot be resumed from")  # fmt: skip
+        version = (payload.get("method") or {}).get("version", 1)
+        if not isinstance(version, int) or version > kind.version:
+            raise CheckpointError(f"{path}: its {name} state is of a newer udml; upgrade udml")
+        damaged = kind.check_checkpoint(payload)
+        if damaged:
+            raise CheckpointError(f"{path}: damaged udml checkpoint ({damaged})")
     return payload
 
 
 def model_from_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint"):
     """Rebuild the network of a checkpoint (no weights download: they are in the file)."""
-    from udml_cli.models.net import aux_dim, build_model
+    from udml_cli.models.net import build_network
 
     try:
         cfg = config_from_dict(payload["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config is not valid ({e})") from None
-    model = build_model(cfg.model, head=True, weights="none", quiet=True, aux_dim=aux_dim(cfg))
+    model = build_network(cfg, weights="none", quiet=True)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from udml_cli.config import ModelConfig
 from udml_cli.models.backbones import create_backbone
-from udml_cli.models.heads import EmbeddingHead, RotationHead
+from udml_cli.models.heads import EmbeddingHead
 
 
 class EmbeddingNet(nn.Module):
@@ -17,10 +17,7 @@ class EmbeddingNet(nn.Module):
     With ``dim=None`` (backbone evaluation) the embedding is the normalised pooled feature.
     """
 
-    def __init__(
-        self, backbone, dim: int | None, rotation: bool = True, dropout: bool = False,
-        aux_dim: int | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, backbone, dim: int | None, dropout: bool = False, heads=None) -> None:
         super().__init__()
         self.dropout = dropout
         self.backbone = backbone.module
@@ -28,9 +25,10 @@ class EmbeddingNet(nn.Module):
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
         self.head = EmbeddingHead(self.feat_dim, dim) if dim else None
-        self.rotation_head = RotationHead(self.feat_dim) if rotation else None
-        # STML's g embedding (the teacher's targets live in it); not part of the embedding
-        self.aux_head = nn.Linear(self.feat_dim, aux_dim) if aux_dim else None
+        # a training method's own heads (UDML-SS's rotation head, STML's g embedding): trained
+        # and saved with the network, not part of the embedding
+        for name, module in (heads(self.feat_dim) if heads else {}).items():
+            setattr(self, name, module)
 
     @property
     def dim(self) -> int:
@@ -71,20 +69,22 @@ def _is_stochastic(m: nn.Module) -> bool:
 
 def build_model(
     cfg: ModelConfig, head: bool = True, weights: str | None = None, quiet: bool = False,
-    aux_dim: int | None = None,
+    heads=None,
 ) -> EmbeddingNet:  # fmt: skip
     """The model of a config; ``weights`` overrides ``cfg.weights`` (checkpoints pass ``none``
-    with ``quiet``: their weights come from the file); ``aux_dim``: STML's g head."""
+    with ``quiet``: their weights come from the file); ``heads(feat_dim) -> {name: module}``:
+    a training method's own heads (see ``build_network``)."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
-    return EmbeddingNet(
-        backbone, cfg.dim if head else None, rotation=head and not aux_dim, dropout=cfg.dropout,
-        aux_dim=aux_dim,
-    )  # fmt: skip
+    return EmbeddingNet(backbone, cfg.dim if head else None, dropout=cfg.dropout,
+                        heads=heads if head else None)  # fmt: skip
 
 
-def aux_dim(cfg) -> int | None:
-    """The g head's size a whole config needs (STML's; none for UDML-SS)."""
-    return cfg.stml.aux_dim if cfg.train.method == "stml" else None
+def build_network(cfg, weights: str | None = None, quiet: bool = False) -> EmbeddingNet:
+    """The network a whole config trains: the embedding model with its method's heads."""
+    from udml_cli.methods import method_class
+
+    kind = method_class(cfg.train.method)
+    return build_model(cfg.model, True, weights, quiet, lambda d: kind.heads(cfg, d))
 
 
 def trainable_backbone(model, fraction: float) -> list:
@@ -103,8 +103,6 @@ def init_head(model, cfg) -> None:
     features by the trainer (``head.init_pca``)."""
     if cfg.head_init == "identity":
         model.head.init_identity()
-    elif cfg.head_init == "orthogonal":  # STML's code, for both of its heads
-        for fc in (model.head.fc, model.aux_head):
-            if fc is not None:
-                nn.init.orthogonal_(fc.weight)
-                nn.init.zeros_(fc.bias)
+    elif cfg.head_init == "orthogonal":  # STML's code (a method's heads init their own)
+        nn.init.orthogonal_(model.head.fc.weight)
+        nn.init.zeros_(model.head.fc.bias)
