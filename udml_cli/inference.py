@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from udml_cli.config import Config
-from udml_cli.data.registry import DatasetRef
+from udml_cli.data.layout import DatasetRef
 from udml_cli.errors import UsageError
 
 

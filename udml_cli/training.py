@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from udml_cli.config import Config
-from udml_cli.data.layout import read_split
-from udml_cli.data.registry import DatasetRef
+from udml_cli.data.layout import DatasetRef, read_split
 from udml_cli.data.training_images import TrainingImages
 from udml_cli.engine import Engine, deferred_signals, seed_everything
 from udml_cli.errors import CheckpointError, TrainingError, UsageError, note

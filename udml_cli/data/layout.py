@@ -16,8 +16,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from udml_cli.data.registry import DatasetRef
 from udml_cli.errors import DatasetError
+
+LAYOUTS = ("txt", "folder", "images")  # images: any tree of unlabelled images, no split
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    root: Path
+    layout: str  # "txt", "folder" or "images"
+    spec: str = ""  # what resolves to it again: a registered/built-in name or an absolute path
+
+    @property
+    def labelled(self) -> bool:
+        """False for a plain collection of images: no classes, no test split."""
+        return self.layout != "images"
+
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 SPLITS = ("train", "test")
@@ -112,6 +127,16 @@ def scan_images(root: Path) -> list[tuple[Path, os.stat_result]]:
 
 def has_images(root: Path) -> bool:
     return next(walk_images(root), None) is not None
+
+
+def detect_layout(root: Path) -> str | None:
+    if (root / "train.txt").is_file() or (root / "test.txt").is_file():
+        return "txt"
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return "folder"
+    if has_images(root):
+        return "images"
+    return None
 
 
 def _parse_images(ref: DatasetRef, split: str) -> SplitReport:

@@ -7,11 +7,11 @@ A command that takes a dataset accepts a registered name, a built-in name (``cub
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 
+from udml_cli.data.layout import LAYOUTS, DatasetRef, detect_layout
 from udml_cli.errors import DatasetError, RegistryError, UsageError
 from udml_cli.fileio import atomic_write_text
 from udml_cli.names import Registry
@@ -24,20 +24,6 @@ BUILTIN: Registry[str] = Registry("built-in dataset", {
     "product": "Products",
     "sop": "Products",
 })  # fmt: skip
-LAYOUTS = ("txt", "folder", "images")  # images: any tree of unlabelled images, no split
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    name: str
-    root: Path
-    layout: str  # "txt", "folder" or "images"
-    spec: str = ""  # what resolves to it again: a registered/built-in name or an absolute path
-
-    @property
-    def labelled(self) -> bool:
-        """False for a plain collection of images: no classes, no test split."""
-        return self.layout != "images"
 
 
 def udml_home() -> Path:
@@ -89,18 +75,6 @@ def save_registry(entries: dict[str, dict]) -> None:
         atomic_write_text(path, tomli_w.dumps({"datasets": entries}))
     except OSError as e:
         raise RegistryError(f"cannot write dataset registry {path}: {e}") from None
-
-
-def detect_layout(root: Path) -> str | None:
-    if (root / "train.txt").is_file() or (root / "test.txt").is_file():
-        return "txt"
-    if (root / "train").is_dir() or (root / "test").is_dir():
-        return "folder"
-    from udml_cli.data.layout import has_images
-
-    if has_images(root):
-        return "images"
-    return None
 
 
 def valid_name(name: str) -> bool:

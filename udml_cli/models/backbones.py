@@ -250,7 +250,7 @@ def _load_file(backbone: Backbone, path: Path, name: str, convert=None) -> None:
     try:
         state = _read_state(path)
     except Exception as e:  # truncated, foreign or unsafe files raise many kinds
-        from udml_cli.models.checkpoint import runs_code
+        from udml_cli.models.safe_load import runs_code
 
         why = (
             "it holds Python objects other than tensors"

@@ -18,6 +18,7 @@ from udml_cli import __version__
 from udml_cli.config import Config, config_from_dict
 from udml_cli.errors import CheckpointError, ConfigError
 from udml_cli.fileio import atomic_write_bytes
+from udml_cli.models.safe_load import runs_code
 
 FORMAT = "udml-checkpoint"
 FORMAT_VERSION = 1
@@ -62,13 +63,6 @@ def _check_fields(payload: dict, fields: dict, path: Path, what: str) -> None:
             raise CheckpointError(
                 f"{path}: damaged or incomplete udml checkpoint (no valid '{key}'){what}"
             )
-
-
-def runs_code(error: Exception) -> bool:
-    """Whether ``torch.load(weights_only=True)`` refused the file for holding Python objects
-    (globals it would have to import: the kind of file that can run code)."""
-    text = str(error)
-    return "Unsupported global" in text or "GLOBAL" in text
 
 
 def load_checkpoint(path: str | os.PathLike, training: bool = False) -> dict:
