@@ -32,8 +32,7 @@ def threshold_study(
     import torch
     from PIL import Image
 
-    from udml_cli.cli.common import model_flags
-    from udml_cli.config import load_config
+    from udml_cli.config import load_config, model_flags
     from udml_cli.data.images import load_rgb
     from udml_cli.data.layout import read_split
     from udml_cli.data.registry import resolve_dataset

@@ -65,7 +65,7 @@ def main() -> None:
         # the reference: the same step on a batch already in memory (no decode, no augmentation)
         trainer = Trainer(cfg, ref, Path(tmp) / "ref", engine)
     rng = np.random.default_rng(0)
-    trainer.method.pseudo_labels = rng.integers(0, cfg.cluster.num_clusters, len(trainer.plain))
+    trainer.method.pseudo_labels = rng.integers(0, cfg.cluster.num_clusters, len(trainer.images))
     t = cfg.train
     sampler = PKSampler(trainer.method.pseudo_labels, t.batch_size, t.instances, 0, 2)
     batch = [(i, j) for j, i in enumerate(sampler.epoch(0)[0])]

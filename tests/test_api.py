@@ -58,6 +58,22 @@ def test_train_embed_index_search(layout, tmp_path):
     sims, rows = index.search(x[:2], 3)
     assert rows[:, 0].tolist() == [0, 1] and np.allclose(sims[:, 0], 1, atol=1e-5)
     assert udml.Index.load(tmp_path / "idx").paths == index.paths
+    # eval and cluster: the same request path as the commands; scores checked against a plain
+    # recall loop over the embedded split, clusters against the vectors they were given
+    scores = udml.evaluate(checkpoint=last, dataset=str(layout))
+    xs, files = udml.embed_folder(layout / "test", checkpoint=last)
+    labels = np.array([int(f.parent.name[1:]) for f in files])
+    sim = xs @ xs.T
+    np.fill_diagonal(sim, -np.inf)
+    r1 = np.mean(labels[sim.argmax(1)] == labels)
+    assert scores["recall_at"]["1"] == pytest.approx(r1, abs=1e-6)
+    assert scores["model"] == str(last) and scores["num_queries"] == 32
+    rows, best = udml.evaluate_run(out, dataset=str(layout))
+    assert [r["model"] for r in rows][-1].endswith("epoch_0003.pt") and 0 <= best < len(rows)
+    found = udml.cluster(udml.settings(cluster={"num_clusters": 4}), index_dir=tmp_path / "idx")
+    assert found.paths == index.paths and sorted(found.diagnostics["sizes"], reverse=True)[0] > 0
+    assert np.bincount(found.result.labels, minlength=4).tolist() == found.diagnostics["sizes"]
+    assert len(found.assignment_csv().splitlines()) == 33
 
 
 def test_importing_udml_cli_does_not_import_torch():

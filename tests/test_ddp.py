@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_udml
+from conftest import TINY, inproc, run_udml
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_a_process_killed_mid_epoch_leaves_last_pt_that_resumes(layout, tmp_path
     assert "last.pt holds the last whole step" in errors[0], err
     state = _weights(out)
     assert state["step"] >= 5
-    r = run_udml("train", "--out", out, "--resume", "--epochs", str(state["epoch"] + 1))
+    r = inproc("train", "--out", out, "--resume", "--epochs", str(state["epoch"] + 1))
     assert r.returncode == 0, r.stderr.decode()
     assert _weights(out)["epoch"] == state["epoch"] + 1
 

@@ -11,14 +11,30 @@ from udml_cli import engine
 from udml_cli.config import EngineConfig
 
 
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time from /proc/PID/stat (the independent reference)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_busy_process_is_seen():
+    """What others_busy reports covers what a busy process really used in the same window
+    (measured from its own /proc entry), however busy the rest of the machine is."""
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        assert engine.others_busy() >= 0.5
+        before, start = _cpu_seconds(hog.pid), time.monotonic()
+        seen = engine.others_busy(seconds=1.0)
+        used = (_cpu_seconds(hog.pid) - before) / (time.monotonic() - start)
     finally:
         hog.kill()
         hog.wait()
+    if used < 0.2:
+        pytest.skip(f"the busy process got {used:.2f} of a core: the machine is saturated")
+    assert seen >= used - 0.15, (seen, used)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -20,4 +21,11 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     cases = [r["case"] for r in records]
     assert any(c.startswith("udml train vs") for c in cases)
     assert any(c.startswith("udml embed vs") for c in cases)
-    assert all(r["ours"] > 0 for r in records)
+    for r in records:  # the fields BENCHMARKS.md quotes, consistent with each other
+        assert r["ours"] > 0 and r["unit"] in ("img/s", "s") and r["command"], r
+        if r["baseline"] is not None:
+            assert r["unit"] == "img/s" and r["higher_is_better"] and r["target"] == 0.85, r
+            assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-9), r
+            # the baseline is the same work without udml's loading around it: faster, or
+            # within noise of it, on a 2-core machine
+            assert 0 < r["ratio"] < 1.5, r

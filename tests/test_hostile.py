@@ -92,8 +92,9 @@ def bad_layout(tmp_path) -> Path:
 
 @pytest.fixture
 def run(tmp_path, layout) -> Path:
+    """A finished tiny run (trained in this process: the cases below are the processes)."""
     out = tmp_path / "run"
-    ok(udml("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "2"))
+    ok(inproc("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "2"))
     return out
 
 

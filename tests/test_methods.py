@@ -38,7 +38,7 @@ class TwoViews(Method):
         self.run.log("refresh", count=self.refreshes)
 
     def sampler(self):
-        n, t = len(self.run.trainer.plain), self.cfg.train
+        n, t = len(self.run.trainer.images), self.cfg.train
 
         class Batches:
             def __len__(self) -> int:

@@ -51,16 +51,20 @@ def test_run_report_renders_with_its_pictures(cli, layout, tmp_path):
     assert "http://" not in text and "https://" not in text  # self-contained
     thumbs = _images(text)
     assert "losses per step" in text and "<polyline" in text
-    assert text.count('class="cell ok"') + text.count('class="cell bad"') > 0  # labels known
-    shot = _screenshot(run / "report.html", tmp_path / "run.png")
-    # the page shows the pictures: the mean colour of each of the first thumbnails is the mean
-    # of some 8x8 block of the screenshot (a broken-image icon would leave white there)
+    # 8 sampled queries × their 5 nearest, each marked right or wrong (the labels are known)
+    assert text.count('class="cell ok"') + text.count('class="cell bad"') == 8 * 5
+    _shows(_screenshot(run / "report.html", tmp_path / "run.png"), thumbs[:6])
+
+
+def _shows(shot: np.ndarray, thumbs: list) -> None:
+    """The page shows the pictures: the mean colour of each thumbnail is the mean of some 8x8
+    block of the screenshot (a broken-image icon, or a blank page, would leave white there)."""
+    assert thumbs
     h, w = (shot.shape[0] // 8) * 8, (shot.shape[1] // 8) * 8
     blocks = shot[:h, :w].reshape(h // 8, 8, w // 8, 8, 3).mean((1, 3)).reshape(-1, 3)
-    for t in thumbs[:6]:
+    for t in thumbs:
         mean = t.reshape(-1, 3).mean(0)
         assert np.abs(blocks - mean).max(1).min() < 24, "a thumbnail does not show on the page"
-    assert shot.std() > 10  # not a blank page
 
 
 def test_index_report_shows_duplicates(cli, layout, tmp_path):
@@ -75,9 +79,12 @@ def test_index_report_shows_duplicates(cli, layout, tmp_path):
     assert r.code == 0, r.err
     text = out.read_text()
     assert "copy.png" in text and "Near-duplicates" in text
-    _images(text)
-    shot = _screenshot(out, tmp_path / "index.png")
-    assert shot.std() > 10
+    # the near-duplicate section shows the pair (the file and its byte copy) as pictures
+    section = text.split("Near-duplicates", 1)[1].split("<h2>", 1)[0]
+    pair = _images(section)
+    assert len(pair) == 2 and np.array_equal(pair[0], pair[1])
+    assert section.count("copy.png") >= 1 and section.count("0.png") >= 1
+    _shows(_screenshot(out, tmp_path / "index.png"), pair[:1])
 
 
 def test_search_and_duplicates_write_galleries(cli, layout, tmp_path):

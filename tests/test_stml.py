@@ -236,4 +236,4 @@ def test_neighbours_are_searched_on_whole_squashed_images(layout, tmp_path, monk
     monkeypatch.setattr(trainer, "features", lambda v="eval": asked.append(v) or real(v))
     trainer.out.mkdir()
     trainer.method.refresh(0, first=True)
-    assert asked == ["squash"] and trainer.method.neighbours.shape == (len(trainer.plain), 2)
+    assert asked == ["squash"] and trainer.method.neighbours.shape == (len(trainer.images.plain), 2)

@@ -68,6 +68,7 @@ def test_readme_tour_from_an_installed_wheel(wheel, tmp_path):
 
     commands = tour_commands()
     assert commands[0].startswith("udml train --dataset ~/photos --config photos")
+    said = {}
     for command in commands:
         if command.startswith("udml train"):
             command += " --epochs 1"
@@ -77,11 +78,25 @@ def test_readme_tour_from_an_installed_wheel(wheel, tmp_path):
         assert "Traceback" not in proc.stderr, command
         if command.startswith("udml index"):
             assert "unreadable" in proc.stderr and "broken.jpg" in proc.stderr, proc.stderr
+        said[command.split()[1]] = proc.stderr
+    # holiday.jpg is a copy of one indexed photo: it is the first hit, at similarity 1
+    table = said["search"].splitlines()
+    first = table[next(i for i, ln in enumerate(table) if ln.startswith("┡")) + 1]  # row 1
+    assert "trip1/day1/001.png" in first and "1.0000" in first, said["search"]
+    assert "groups of near-duplicates" in said["duplicates"]
     run = work / "runs" / "photos"
     assert (run / "last.pt").is_file() and (run / "skipped.txt").read_text().split() == [
         "trip0/broken.jpg"
     ]
-    assert (work / "photos.html").stat().st_size > 10_000
+    page = (work / "photos.html").read_text()
+    for section in (
+        "Search: sample queries",
+        "Near-duplicates",
+        "Cluster sizes",
+        "biggest clusters",
+    ):
+        assert section in page, section
+    assert page.count("data:image/jpeg;base64,") >= 40  # 8 queries × (1 + 5) and contact sheets
     rows = (work / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,similarity_to_centre" and len(rows) == 81
     log = (work / "runs" / "p2" / "metrics.jsonl").read_text().splitlines()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from udml_cli.config import Config, image_size_keys, load_config
+from udml_cli.config import Config, load_config, model_flags
 
 
 def settings(config: Config | str | Path | None = None, **sections: dict[str, Any]) -> Config:
@@ -43,11 +43,7 @@ def load_model(
     """``(model, config)`` of a checkpoint, or of a backbone's pooled feature (the start)."""
     from udml_cli.inference import load_model as _load
 
-    flags = {"model.weights": weights if backbone else None, "engine.device": device}
-    if backbone:
-        flags["model.backbone"] = backbone
-    if image_size is not None:
-        flags |= image_size_keys(image_size)
+    flags = model_flags(backbone or None, weights if backbone else None, device, image_size)
     cfg = load_config(None, None, flags)
     model, cfg, _ = _load(cfg, Path(checkpoint) if checkpoint else None, backbone)
     return model, cfg
@@ -187,6 +183,80 @@ def _scorer(cfg: Config, ref, engine, progress):
         return evaluate(model, cfg, eval_ref, cfg.eval.split, engine, progress)
 
     return score
+
+
+def evaluate(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=None,
+             data_root=None, split: str = "test", progress=None) -> dict:  # fmt: skip
+    """Recall@K, NMI, MAP@R and R-Precision of a checkpoint (or, with ``backbone``, of its
+    pooled feature: the start) on a labelled split; ``dataset``: default the checkpoint's.
+    ``result["model"]`` names what was scored."""
+    from udml_cli.engine import resolve_engine
+    from udml_cli.inference import evaluate as score
+    from udml_cli.inference import model_and_dataset
+
+    cfg = cfg if cfg is not None else load_config()
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
+    result = score(model, cfg, ref, split, resolve_engine(cfg.engine), progress)
+    result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
+    return result
+
+
+def evaluate_run(run: str | Path, cfg: Config | None = None, dataset=None, data_root=None,
+                 split: str = "test", progress=None) -> tuple[list[dict], int]:  # fmt: skip
+    """Every checkpoint of a run folder scored (``evaluate``), in epoch order, and the index of
+    the best R@1 (choosing it is selection on the evaluated split)."""
+    from udml_cli.runs import run_checkpoints
+
+    rows = [evaluate(cfg, path, None, dataset, data_root, split, progress)
+            for path in run_checkpoints(Path(run))]  # fmt: skip
+    best = max(range(len(rows)), key=lambda i: next(iter(rows[i]["recall_at"].values())))
+    return rows, best
+
+
+def cluster(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=None,
+            data_root=None, split: str = "train", index_dir=None, progress=None):  # fmt: skip
+    """k-means (``cfg.cluster``; k "auto": one per 50 images) on a model's embeddings of a
+    split, or on the stored vectors of an index (``index_dir``; no model). Returns a
+    ``clustering.Clustering``: diagnostics, and per image its path, vector and cluster."""
+    from udml_cli.clustering import Clustering, auto_clusters, diagnostics, kmeans
+    from udml_cli.data.layout import read_split
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import UsageError, note
+    from udml_cli.inference import embed_split, model_and_dataset
+
+    cfg = cfg if cfg is not None else load_config()
+    if index_dir is not None:
+        if checkpoint or backbone or dataset:
+            raise UsageError(
+                "--index clusters stored vectors: leave out --checkpoint/--backbone/--dataset"
+            )
+        from udml_cli.index import Index
+
+        idx = Index.load(Path(index_dir))
+        x, truth, paths = idx.vectors, None, idx.paths
+        where = {"dataset": str(index_dir), "split": "index"}
+    else:
+        model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
+        k = cfg.cluster.num_clusters
+        samples = read_split(ref, split)
+        if k != "auto" and k > len(samples):
+            raise UsageError(f"--k {k} exceeds the {len(samples)} images of {ref.name}/{split}")
+        kept: list = []
+        x, truth = embed_split(model, cfg, ref, split, resolve_engine(cfg.engine), progress, kept)
+        paths = [s.rel for s in kept]
+        truth = truth if ref.labelled else None  # an unlabelled collection: sizes, objective
+        where = {"dataset": ref.name, "split": split}
+    c = cfg.cluster
+    if c.num_clusters == "auto":
+        c.num_clusters = auto_clusters(len(x), 2)
+        note(f"--k not given: {c.num_clusters} clusters (one per 50 images)")
+    if c.num_clusters > len(x):
+        raise UsageError(f"--k {c.num_clusters} exceeds the {len(x)} readable images")
+    result = kmeans(x, c.num_clusters, c.niter, c.seed, c.init, n_init=c.n_init)
+    diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
+    diag.update(**where, images=len(x))
+    return Clustering(diag, paths, x, result)
 
 
 def run_summary(out: str | Path) -> dict:

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def auto_clusters(n_images: int, batch_clusters: int) -> int:
+    """``cluster.num_clusters = "auto"``: one cluster per 50 images (CUB's 5,864 → 117; the paper
+    used 100), never fewer than a batch needs, never more than 10,000 (SOP's)."""
+    return max(batch_clusters, 2, min(10_000, n_images // 50))
+
+
 @dataclass
 class KMeansResult:
     centroids: np.ndarray  # (k, d) float32
@@ -166,3 +172,36 @@ def diagnostics(
         out["ari"] = float(adjusted_rand_score(truth, labels))
         out["purity"] = float(table.max(0).sum() / table.sum())
     return out
+
+
+@dataclass
+class Clustering:
+    """What ``udml cluster`` found: the diagnostics (sizes, objective; NMI/ARI/purity against
+    true labels where there are any), and per image its path, vector and cluster."""
+
+    diagnostics: dict
+    paths: list[str]
+    vectors: np.ndarray
+    result: KMeansResult
+
+    def pseudo_label_lines(self) -> str:
+        """``PATH CLUSTER`` per image: the train.txt layout, clusters as labels."""
+        labels = self.result.labels.tolist()
+        return "".join(f"{p} {lab}\n" for p, lab in zip(self.paths, labels, strict=True))
+
+    def assignment_csv(self) -> str:
+        """``path,cluster,similarity_to_centre`` rows: cosine of each vector with its centroid."""
+        import csv
+        import io
+
+        r = self.result
+        centres = r.centroids / np.linalg.norm(r.centroids, axis=1, keepdims=True).clip(1e-12)
+        x = self.vectors
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        sims = (unit * centres[r.labels]).sum(1)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "cluster", "similarity_to_centre"])
+        for p, lab, sim in zip(self.paths, r.labels.tolist(), sims.tolist(), strict=True):
+            writer.writerow([p, lab, f"{sim:.6f}"])
+        return buf.getvalue()

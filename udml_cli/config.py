@@ -369,12 +369,6 @@ def config_from_dict(tree: dict) -> Config:
         raise ConfigError(_format_error(e, "checkpoint config")) from None
 
 
-def auto_clusters(n_images: int, batch_clusters: int) -> int:
-    """``cluster.num_clusters = "auto"``: one cluster per 50 images (CUB's 5,864 → 117; the paper
-    used 100), never fewer than a batch needs, never more than 10,000 (SOP's)."""
-    return max(batch_clusters, 2, min(10_000, n_images // 50))
-
-
 def image_size_keys(image_size: int) -> dict[str, int]:
     """``--image-size N`` as config keys: crop N after resizing the shorter side to N·256/227 (the
     paper's ratio)."""
@@ -382,3 +376,13 @@ def image_size_keys(image_size: int) -> dict[str, int]:
         "data.image_size": image_size,
         "data.resize": max(image_size, round(image_size * 256 / 227)),
     }
+
+
+def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:
+    """The common flags (``--backbone``, ``--weights``, ``--device``, ``--image-size``) as dotted
+    config keys, the one place they are mapped (None: not given). ``--image-size N`` crops N
+    after resizing the shorter side to N·256/227 (the paper's ratio)."""
+    flags = {"model.backbone": backbone, "model.weights": weights, "engine.device": device}
+    if image_size is not None:
+        flags |= image_size_keys(image_size)
+    return flags | dotted

@@ -378,3 +378,10 @@ def extract(
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     keys = torch.cat(labels).numpy().astype(np.int64)
     return (rows if allocate is not None else np.concatenate(feats)), keys
+
+
+def peer_lost(e: RuntimeError) -> bool:
+    """A collective failed because another process of the run is gone (gloo raises a plain
+    RuntimeError naming itself, NCCL a DistError)."""
+    text = str(e)
+    return isinstance(e, torch.distributed.DistError) or "gloo" in text or "NCCL" in text

@@ -185,8 +185,7 @@ def _number(v) -> bool:
 
 
 def index_report(index_dir: Path, threshold: float | None = None) -> str:
-    from udml_cli.clustering import kmeans
-    from udml_cli.config import auto_clusters
+    from udml_cli.clustering import auto_clusters, kmeans
     from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups
 
     idx = Index.load(index_dir)

@@ -219,3 +219,21 @@ def forget_steps_after(log: Path, step: int) -> None:
         return
     kept = [r for r in read_metrics(log.parent) if r["step"] <= step]
     atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def run_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints of a run folder in epoch order; last.pt too when it is not a copy of the
+    final epoch's (an interrupted run's mid-epoch state)."""
+    from udml_cli.models.checkpoint import load_checkpoint
+
+    epochs = sorted(run.glob("epoch_*.pt"))
+    last = run / "last.pt"
+    if last.is_file():
+        payload = load_checkpoint(last)
+        final = int(epochs[-1].stem.split("_")[1]) if epochs else -1
+        # last.pt holds the final epoch's weights too (with the state to resume from)
+        if (payload.get("epoch"), payload.get("iteration")) != (final, 0):
+            epochs.append(last)
+    if not epochs:
+        raise UsageError(f"{run}: no checkpoints (epoch_NNNN.pt or last.pt) in this folder")
+    return epochs

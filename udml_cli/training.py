@@ -21,7 +21,7 @@ import torch
 from udml_cli.config import Config
 from udml_cli.data.layout import DatasetRef, read_split
 from udml_cli.data.training_images import TrainingImages
-from udml_cli.engine import Engine, deferred_signals, seed_everything
+from udml_cli.engine import Engine, deferred_signals, peer_lost, seed_everything
 from udml_cli.errors import CheckpointError, TrainingError, UsageError, note
 from udml_cli.fileio import append_line, atomic_write_text
 from udml_cli.methods import method_class
@@ -67,11 +67,6 @@ class Trainer:
         record = {"event": event, "epoch": self.epoch, "step": self.step, **fields}
         append_line(self.log_path, json.dumps(record))
 
-    @property
-    def plain(self):
-        """The training images, centre-cropped (``.labels``: true labels, where known)."""
-        return self.images.plain
-
     def features(self, view: str = "eval") -> np.ndarray:
         """The pooled backbone feature of every training image (see ``TrainingImages``)."""
         out = self.out if self.main else None
@@ -82,10 +77,16 @@ class Trainer:
     def keep_last(self) -> None:
         """After Ctrl-C, the launcher's SIGTERM or a lost peer: ``last.pt`` at the last whole
         step, by rank 0, or by the lowest rank still running when rank 0 is the one gone (every
-        rank holds the same state). A signal during the write waits until it is done."""
-        self.rescuer = not self.main and self.engine.first_alive() == self.engine.rank
-        with deferred_signals():
-            self.save("last.pt")
+        rank holds the same state). Signals wait for the write; one that lands as it starts
+        (SIGTERM just after a lost peer) makes it start again."""
+        for _ in range(3):
+            try:
+                with deferred_signals():
+                    self.rescuer = not self.main and self.engine.first_alive() == self.engine.rank
+                    self.save("last.pt")
+                return
+            except KeyboardInterrupt:
+                continue
 
     def save(self, name: str, full: bool = True) -> Path:
         """A checkpoint; ``full=False`` keeps what eval/embed need (weights, config, position),
@@ -109,7 +110,7 @@ class Trainer:
         changes = resume_changes(payload["config"], self.cfg, path)
         self.images.leave_out(set(payload.get("skipped", [])))
         try:
-            self.method.load_state_dict(payload, len(self.plain))
+            self.method.load_state_dict(payload, len(self.images))
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
         except (CheckpointError, UsageError) as e:
@@ -166,40 +167,45 @@ class Trainer:
         task = self.progress.add_task("training", total=total, completed=done) if self.progress \
             else None  # fmt: skip
         last = self.out / "last.pt"
-        try:
-            while self.epoch < t.epochs:
-                due = self.iteration == 0 and self.epoch > 0 and self.epoch % t.up_step == 0
-                if due and method.refreshed_at != self.epoch:  # not done before an interrupt
-                    method.refresh(self.epoch, first=False)
-                    sampler = method.sampler()
-                self.run_epoch(sampler, task)
-                self.epoch, self.iteration = self.epoch + 1, 0
-                if self.epoch % t.save_step == 0 or self.epoch == t.epochs:
-                    self.save(f"epoch_{self.epoch:04d}.pt", full=t.full_epoch_checkpoints)
-                    self.save("last.pt")
-                periodic = t.eval_step and self.epoch % t.eval_step == 0
-                final = t.final_eval and self.epoch == t.epochs
-                if evaluate is not None and (periodic or final):
-                    at = "end" if self.epoch == t.epochs else "epoch"
-                    self.log("eval", at=at, **evaluate(self.model))
+        lost = stopped = None  # a peer process gone; Ctrl-C or the launcher's SIGTERM
+        try:  # the outer level catches an interrupt that lands while the inner one handles a loss
+            try:
+                while self.epoch < t.epochs:
+                    due = self.iteration == 0 and self.epoch > 0 and self.epoch % t.up_step == 0
+                    if due and method.refreshed_at != self.epoch:  # not done before an interrupt
+                        method.refresh(self.epoch, first=False)
+                        sampler = method.sampler()
+                    self.run_epoch(sampler, task)
+                    self.epoch, self.iteration = self.epoch + 1, 0
+                    self._epoch_done(evaluate)
+            except RuntimeError as e:
+                if not peer_lost(e):
+                    raise
+                lost = e  # every collective comes before the optimiser step: this step is whole
         except KeyboardInterrupt:
+            stopped = True
+        if lost is not None or stopped:
             if method.ready:  # nothing worth keeping before the first refresh
                 self.keep_last()
                 self.log("interrupted", iteration=self.iteration)
-            raise
-        except RuntimeError as e:
-            if not _peer_lost(e):
-                raise
-            # another rank died: every collective comes before the optimiser step, so the
-            # weights are those after this step, whole; keep them
-            if method.ready:
-                self.keep_last()
-            self.log("interrupted", iteration=self.iteration)
+            if stopped:
+                raise KeyboardInterrupt
             raise TrainingError(
                 f"another process of the run stopped at step {self.step} "
-                f"({str(e).strip()[:120]}); saved {last}: continue with --resume"
-            ) from None
+                f"({str(lost).strip()[:120]}); saved {last}: continue with --resume"
+            )
         return last
+
+    def _epoch_done(self, evaluate) -> None:
+        """Checkpoints every ``train.save_step`` epochs and at the end; scores when due."""
+        t = self.cfg.train
+        if self.epoch % t.save_step == 0 or self.epoch == t.epochs:
+            self.save(f"epoch_{self.epoch:04d}.pt", full=t.full_epoch_checkpoints)
+            self.save("last.pt")
+        periodic = t.eval_step and self.epoch % t.eval_step == 0
+        if evaluate is not None and (periodic or (t.final_eval and self.epoch == t.epochs)):
+            at = "end" if self.epoch == t.epochs else "epoch"
+            self.log("eval", at=at, **evaluate(self.model))
 
     def run_epoch(self, sampler, task) -> None:
         cfg, eng, method = self.cfg, self.engine, self.method
@@ -240,10 +246,3 @@ class Trainer:
                 images_per_s=round(images_seen / max(seconds, 1e-9), 1),
                 partial=len(losses) < len(sampler),
             )  # fmt: skip
-
-
-def _peer_lost(e: RuntimeError) -> bool:
-    """A collective failed because another process of the run is gone (gloo raises a plain
-    RuntimeError naming itself, NCCL a DistError)."""
-    text = str(e)
-    return isinstance(e, torch.distributed.DistError) or "gloo" in text or "NCCL" in text

@@ -138,9 +138,8 @@ CheckpointOpt = Annotated[
 BackboneOpt = Annotated[
     str | None,
     typer.Option(
-        help="googlenet, resnet18, resnet50, efficientnet_b0, mobilenet_v3_large, convnext_tiny, "
-        "efficientnet_lite0/lite2. In eval/embed/cluster: use its pooled feature (no head) "
-        "instead of a checkpoint."
+        help="One of: {backbones}. In eval/embed/cluster/index: use its pooled feature (no "
+        "head) instead of a checkpoint."
     ),
 ]
 WeightsOpt = Annotated[
@@ -150,6 +149,17 @@ ImageSizeOpt = Annotated[
     int | None, typer.Option(min=8, help="Crop size (resize keeps the paper's 256/227 ratio).")
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A registered name, a built-in name (cub, car, sop), a layout folder or a folder of "
+        "images (eval/cluster: default the checkpoint's)."
+    ),
+]
+SplitOpt = Annotated[str, typer.Option(help="Which split: train or test.")]
+HtmlOpt = Annotated[
+    Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
+]
 StrictOpt = Annotated[
     bool,
     typer.Option(
@@ -290,14 +300,3 @@ def _clock(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def model_flags(backbone=None, weights=None, device=None, image_size=None, **dotted) -> dict:
-    """The common flags as dotted config keys. ``--image-size N`` crops N after resizing the
-    shorter side to N·256/227 (the paper's ratio)."""
-    from udml_cli.config import image_size_keys
-
-    flags = {"model.backbone": backbone, "model.weights": weights, "engine.device": device}
-    if image_size is not None:
-        flags |= image_size_keys(image_size)
-    return flags | dotted

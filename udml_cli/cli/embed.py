@@ -15,6 +15,7 @@ from udml_cli.cli.common import (
     DeviceOpt,
     ImageSizeOpt,
     SetOpt,
+    StrictOpt,
     WeightsOpt,
     console,
     data_stream,
@@ -37,9 +38,7 @@ def embed(
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Include subfolders.")
     ] = False,
-    strict: Annotated[
-        bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
-    ] = False,
+    strict: StrictOpt = False,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -52,8 +51,7 @@ def embed(
     udml embed photos/ --backbone efficientnet_lite0 --weights imagenet -o v.npy --paths v.txt
     """
 
-    from udml_cli.cli.common import model_flags
-    from udml_cli.config import load_config
+    from udml_cli.config import load_config, model_flags
     from udml_cli.data.layout import image_files
     from udml_cli.errors import DatasetError, UsageError
     from udml_cli.fileio import atomic_path, atomic_write_text, ensure_writable

@@ -13,10 +13,12 @@ from udml_cli.cli.common import (
     CheckpointOpt,
     ConfigOpt,
     DataRootOpt,
+    DatasetOpt,
     DeviceOpt,
     ImageSizeOpt,
     JsonOpt,
     SetOpt,
+    SplitOpt,
     StrictOpt,
     WeightsOpt,
     console,
@@ -34,10 +36,8 @@ def evaluate(
         ),
     ] = None,
     checkpoint_opt: CheckpointOpt = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset (default: the checkpoint's).")
-    ] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    dataset: DatasetOpt = None,
+    split: SplitOpt = "test",
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
     image_size: ImageSizeOpt = None,
@@ -55,12 +55,9 @@ def evaluate(
     udml eval runs/cub                       # every epoch_NNNN.pt of the run, one table
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
     """
-    from udml_cli.cli.common import model_flags
-    from udml_cli.config import load_config
-    from udml_cli.engine import resolve_engine
+    from udml_cli import api
+    from udml_cli.config import load_config, model_flags
     from udml_cli.errors import UsageError
-    from udml_cli.inference import evaluate as run_eval
-    from udml_cli.inference import model_and_dataset
 
     if checkpoint_opt is not None:
         if checkpoint is not None and checkpoint != checkpoint_opt:
@@ -76,57 +73,25 @@ def evaluate(
         return
     # something on stderr before the seconds of loading that come before the first bar
     console.print(f"eval: loading {checkpoint or f'{cfg.model.backbone} ({cfg.model.weights})'} …")
-    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
-    engine = resolve_engine(cfg.engine)
     with progress() as bar:
-        result = run_eval(model, cfg, ref, split, engine, bar)
-    result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
+        result = api.evaluate(cfg, checkpoint, backbone, dataset, data_root, split, bar)
     render_metrics(result)
     if as_json:
         emit_json(result)
 
 
-def run_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints of a run folder in epoch order; last.pt too when it is not a copy of the
-    final epoch's (an interrupted run's mid-epoch state)."""
-    from udml_cli.errors import UsageError
-    from udml_cli.models.checkpoint import load_checkpoint
-
-    epochs = sorted(run.glob("epoch_*.pt"))
-    last = run / "last.pt"
-    if last.is_file():
-        payload = load_checkpoint(last)
-        final = int(epochs[-1].stem.split("_")[1]) if epochs else -1
-        # last.pt holds the final epoch's weights too (with the state to resume from)
-        if (payload.get("epoch"), payload.get("iteration")) != (final, 0):
-            epochs.append(last)
-    if not epochs:
-        raise UsageError(f"{run}: no checkpoints (epoch_NNNN.pt or last.pt) in this folder")
-    return epochs
-
-
 def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool) -> None:
-    from udml_cli.engine import resolve_engine
-    from udml_cli.inference import evaluate as run_eval
-    from udml_cli.inference import model_and_dataset
+    from udml_cli import api
+    from udml_cli.runs import run_checkpoints
 
-    rows = []
-    paths = run_checkpoints(run)
-    console.print(f"eval: {len(paths)} checkpoints of {run} …")
+    console.print(f"eval: {len(run_checkpoints(run))} checkpoints of {run} …")
     with progress() as bar:
-        for path in paths:
-            model, ckpt_cfg, ref = model_and_dataset(cfg, path, None, dataset, data_root)
-            result = run_eval(model, ckpt_cfg, ref, split, resolve_engine(ckpt_cfg.engine), bar)
-            result["model"] = str(path)
-            rows.append(result)
+        rows, best = api.evaluate_run(run, cfg, dataset, data_root, split, bar)
     table = Table(title=f"{run}: {len(rows)} checkpoints on {rows[0]['dataset']}/{split}")
     cols, _ = percent_columns(rows[0])
     table.add_column("checkpoint")
     for c in cols:
         table.add_column(c, justify="right")
-    best = max(
-        range(len(rows)), key=lambda i: rows[i]["recall_at"][next(iter(rows[i]["recall_at"]))]
-    )
     for i, r in enumerate(rows):
         name = Path(r["model"]).name + (" *" if i == best else "")
         table.add_row(name, *[f"{v:.2f}" for v in percent_columns(r)[1]])

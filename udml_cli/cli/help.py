@@ -83,6 +83,11 @@ class UdmlCommand(typer.core.TyperCommand):
     def get_params(self, ctx):  # the --help and completion options are added late
         params = super().get_params(ctx)
         polish(params, config_defaults=False)
+        for param in params:  # lists made from a registry, when this command runs (not at import)
+            if param.help and "{backbones}" in param.help:
+                from udml_cli.models.backbones import names
+
+                param.help = param.help.replace("{backbones}", ", ".join(names()))
         return params
 
 

@@ -12,6 +12,7 @@ from udml_cli.cli.common import (
     BackboneOpt,
     CheckpointOpt,
     DeviceOpt,
+    HtmlOpt,
     ImageSizeOpt,
     JsonOpt,
     StrictOpt,
@@ -97,9 +98,7 @@ def search(
     index_dir: IndexOpt,
     k: Annotated[int, typer.Option("--k", min=1, help="Neighbours per query.")] = 10,
     device: DeviceOpt = None,
-    html_out: Annotated[
-        Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
-    ] = None,
+    html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The K most similar indexed images for each query image (cosine similarity).
@@ -172,9 +171,7 @@ def duplicates(
             min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."
         ),
     ] = None,
-    html_out: Annotated[
-        Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
-    ] = None,
+    html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (connected components of pairs above --threshold).

@@ -11,6 +11,7 @@ from udml_cli.cli.common import (
     BackboneOpt,
     ConfigOpt,
     DataRootOpt,
+    DatasetOpt,
     DeviceOpt,
     ImageSizeOpt,
     SetOpt,
@@ -26,12 +27,7 @@ from udml_cli.cli.common import (
 
 
 def train(
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="Registered name, built-in name (cub, car, sop), layout or image folder."
-        ),
-    ] = None,
+    dataset: DatasetOpt = None,
     config: ConfigOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<dataset>).")
@@ -78,8 +74,7 @@ def train(
     from udml_cli.api import run_summary
     from udml_cli.api import train as run_training
     from udml_cli.cli import launch
-    from udml_cli.cli.common import model_flags
-    from udml_cli.config import load_config
+    from udml_cli.config import load_config, model_flags
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import launched_rank
     from udml_cli.errors import UsageError

@@ -38,7 +38,7 @@ class Run:
     cfg: Any  # udml_cli.config.Config
     model: nn.Module  # the student network (EmbeddingNet), with the method's heads
     engine: Any  # udml_cli.engine.Engine
-    trainer: Any  # the loop: .plain (training images), .features(kind), .log(event, **fields),
+    trainer: Any  # the loop: .images (.plain: the training images), .features(view), .log(…),
     # .step_forward (the DDP-wrapped forward_module), .labelled, .main
 
     def log(self, event: str, **fields) -> None:

@@ -89,7 +89,7 @@ class Stml(Method):
         self.neighbours, self.refreshed_at = self.engine.from_main(found), epoch
         extra = {}
         if run.trainer.labelled:
-            truth = np.asarray(run.trainer.plain.labels)
+            truth = np.asarray(run.trainer.images.plain.labels)
             extra["precision"] = neighbour_precision(self.neighbours, truth)
         run.log("neighbours", k=self.cfg.stml.neighbors, **extra)
 

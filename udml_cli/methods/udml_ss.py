@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from udml_cli.clustering import diagnostics, kmeans
-from udml_cli.config import auto_clusters
+from udml_cli.clustering import auto_clusters, diagnostics, kmeans
 from udml_cli.data.sampler import PKSampler
 from udml_cli.errors import CheckpointError, TrainingError, UsageError, note
 from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
@@ -127,7 +126,7 @@ class UdmlSS(Method):
         self.pseudo_labels, self.centroids, self.refreshed_at, self.feature = (
             result.labels, result.centroids, epoch, kind,
         )  # fmt: skip
-        truth = run.trainer.plain.labels if run.trainer.labelled else None
+        truth = run.trainer.images.plain.labels if run.trainer.labelled else None
         diag = diagnostics(result.labels, c.num_clusters, result.objective, truth)
         diag.pop("sizes")
         run.log("cluster", feature=kind, iterations=result.iterations, warm=warm is not None,
