@@ -238,3 +238,8 @@ def test_data_with_nowhere_to_go_is_one_line(idx, small, args):
         "error: cannot write stdout: No space left on device; free some space or write elsewhere"
     ], err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("args", [["--version"], ["eval", "--help"], []])
+def test_help_with_nowhere_to_go_is_one_line(args):
+    refused(_closed_stdout(*args), "stdout is closed", 2)

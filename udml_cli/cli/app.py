@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     launch.ARGS = args
     if not args or any(a in ("--help", "-h", "--version") for a in args):
+        if sys.stdout is None:  # closed (>&-): the help has nowhere to go
+            from udml_cli.cli.common import CLOSED
+
+            say("error:", "bold red", CLOSED)
+            sys.exit(2)
         app(args=args, prog_name="udml")  # help and version are the output: stdout
         return
     real_stdout = sys.stdout
