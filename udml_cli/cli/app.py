@@ -19,8 +19,9 @@ from udml_cli.cli import (
     search,
     train,
 )
-from udml_cli.cli.common import DataOut, say, set_data_stream
+from udml_cli.cli.common import DataOut, say
 from udml_cli.cli.help import UdmlTyper
+from udml_cli.cli.session import SESSION
 from udml_cli.errors import UdmlError, describe_os_error
 
 INTERNAL = 70  # EX_SOFTWARE: a bug in udml, not the user's mistake
@@ -132,7 +133,6 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Run udml with stdout reserved for data: everything else anyone prints goes to stderr."""
     args = sys.argv[1:] if argv is None else list(argv)
-    launch.ARGS = args
     if not args or any(a in ("--help", "-h", "--version") for a in args):
         if sys.stdout is None:  # closed (>&-): the help has nowhere to go
             from udml_cli.cli.common import CLOSED
@@ -157,13 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         data = DataOut(fd_saved)
     else:  # embedded (tests capture sys.stdout): swap the Python stream only
         data = real_stdout
-    set_data_stream(data)
     sys.stdout = sys.stderr
     try:
-        app(args=args, prog_name="udml")
+        with SESSION.started(args, data):
+            app(args=args, prog_name="udml")
     finally:
         sys.stdout = real_stdout
-        set_data_stream(None)
         if fd_saved is not None:
             os.dup2(fd_saved, 1)
             os.close(fd_saved)

@@ -29,18 +29,15 @@ from udml_cli.errors import UsageError, quiet_rank
 console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 # stdout is for data only. ``main`` points sys.stdout (and, outside tests, file descriptor 1) at
-# stderr for the whole run, so nothing a library prints can reach the data; data goes here.
-_data_stream: Any = None
+# stderr for the whole run, so nothing a library prints can reach the data; data goes to
+# ``data_stream()``, the session's (``cli/session.py``).
 
 
 def data_stream():
     """The stream that carries data (JSON, .npy): the real stdout."""
-    return _data_stream if _data_stream is not None else sys.stdout
+    from udml_cli.cli.session import SESSION
 
-
-def set_data_stream(stream) -> None:
-    global _data_stream
-    _data_stream = stream
+    return SESSION.stdout
 
 
 class DataOut:

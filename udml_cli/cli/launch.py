@@ -10,8 +10,6 @@ from pathlib import Path
 
 from udml_cli.errors import TrainingError, UsageError
 
-ARGS: list[str] = []  # the command line of this udml process (set by ``app.main``)
-
 
 def without_nproc(args: list[str]) -> list[str]:
     """``args`` less ``--nproc N`` / ``--nproc=N`` (each process is one of the N)."""
@@ -29,11 +27,13 @@ def without_nproc(args: list[str]) -> list[str]:
 def record_error(message: str) -> bool:
     """A process started by ``launch`` leaves its error line where the launcher finds it and
     prints nothing (the launcher prints one line for the run); ``False`` elsewhere."""
-    folder = os.environ.get("UDML_ERRORS_DIR")
-    if not folder or "RANK" not in os.environ:
+    from udml_cli.cli.session import SESSION
+
+    folder = SESSION.errors_dir
+    if folder is None:
         return False
     with contextlib.suppress(OSError):
-        Path(folder, f"rank-{os.environ['RANK']}.txt").write_text(message)
+        (folder / f"rank-{os.environ['RANK']}.txt").write_text(message)
     return True
 
 
@@ -50,6 +50,8 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from udml_cli.cli.session import SESSION
+
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, not {nproc}")
     for name in list(logging.Logger.manager.loggerDict):  # each sets its own level
@@ -61,9 +63,9 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
     )  # fmt: skip
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="udml-errors-") as errors:
-        os.environ["UDML_ERRORS_DIR"] = errors  # the processes inherit it
         try:
-            elastic_launch(config, sys.executable)("-m", "udml_cli", *args)
+            with SESSION.handing_errors_to(errors):
+                elastic_launch(config, sys.executable)("-m", "udml_cli", *args)
         except SignalException:  # Ctrl-C: every process got it too; rank 0 saved and said so
             sys.exit(130)
         except ChildFailedError as e:
@@ -71,8 +73,6 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
             last = out / "last.pt" if out is not None else None
             kept = last if last is not None and _written_since(last, started) else None
             _report(e.failures, said, nproc, kept)
-        finally:
-            os.environ.pop("UDML_ERRORS_DIR", None)
 
 
 def _written_since(path: Path, started: float) -> bool:

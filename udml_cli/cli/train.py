@@ -74,6 +74,7 @@ def train(
     from udml_cli.api import run_summary
     from udml_cli.api import train as run_training
     from udml_cli.cli import launch
+    from udml_cli.cli.session import SESSION
     from udml_cli.config import load_config, model_flags
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.engine import launched_rank
@@ -100,7 +101,7 @@ def train(
         out = out or Path("runs") / resolve_dataset(cfg.data.dataset, cfg.data.data_root).name
     assert out is not None
     if nproc and world == 1:  # this process starts the N that train
-        args = launch.without_nproc(launch.ARGS)
+        args = launch.without_nproc(SESSION.args)
         given = {a.split("=")[0] for a in args}
         if not resume and flags["data.dataset"] and "--dataset" not in given:
             args += ["--dataset", flags["data.dataset"]]  # answered at the prompt above
