@@ -104,8 +104,8 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
     from udml_cli.engine import distributed_session, launched_rank, resolve_engine
     from udml_cli.errors import UsageError
     from udml_cli.fileio import ensure_writable_dir
-    from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_checkpoint
-    from udml_cli.training import Trainer, resume_changes
+    from udml_cli.runs import ReplacedRun, RunLock, holds_run, resume_changes, resume_checkpoint
+    from udml_cli.training import Trainer
 
     out = Path(out).expanduser()
     dotted = dict(flags or {})
@@ -203,13 +203,14 @@ def evaluate(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=
 
 
 def evaluate_run(run: str | Path, cfg: Config | None = None, dataset=None, data_root=None,
-                 split: str = "test", progress=None) -> tuple[list[dict], int]:  # fmt: skip
+                 split: str = "test", progress=None, checkpoints=None) -> tuple[list[dict], int]:  # fmt: skip
     """Every checkpoint of a run folder scored (``evaluate``), in epoch order, and the index of
-    the best R@1 (choosing it is selection on the evaluated split)."""
+    the best R@1 (choosing it is selection on the evaluated split). ``checkpoints``: the run's
+    ``runs.run_checkpoints``, when the caller has listed them already."""
     from udml_cli.runs import run_checkpoints
 
-    rows = [evaluate(cfg, path, None, dataset, data_root, split, progress)
-            for path in run_checkpoints(Path(run))]  # fmt: skip
+    paths = checkpoints if checkpoints is not None else run_checkpoints(Path(run))
+    rows = [evaluate(cfg, path, None, dataset, data_root, split, progress) for path in paths]
     best = max(range(len(rows)), key=lambda i: next(iter(rows[i]["recall_at"].values())))
     return rows, best
 
@@ -296,14 +297,14 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
     index replaces the old in one step once it is complete (see ``udml_cli.index``)."""
     from udml_cli.errors import DatasetError, UsageError
     from udml_cli.fileio import ensure_writable_dir
-    from udml_cli.index import Index, index_state, model_identity, plan_update
+    from udml_cli.index import Index, index_state, model_identity, plan_update, refuse_foreign
     from udml_cli.runs import RunLock
 
     folder, out = Path(folder).expanduser().resolve(), Path(out).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
     ensure_writable_dir(out, "--out")
-    index_state(out)  # a folder that is not an index: refused before the model loads
+    refuse_foreign(out)  # a folder that is not an index: refused before the model loads
     with RunLock(out, "udml index"):
         state, old = index_state(out)
         model, cfg = load_model(checkpoint, backbone, weights, image_size, device)

@@ -241,9 +241,8 @@ class Config(_Section):
                 mine = own.get(section, set())
                 if mine is None or section not in tree:
                     continue  # the whole section is this method's too
-                for key in list(tree[section]) if keys is None else keys:
-                    if key not in (mine or set()):
-                        tree[section].pop(key, None)
+                for key in (set(tree[section]) if keys is None else keys) - mine:
+                    tree[section].pop(key, None)
                 if not tree[section]:
                     del tree[section]
         return tomli_w.dumps(tree)

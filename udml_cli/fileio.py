@@ -28,7 +28,8 @@ def umask() -> int:
     return current
 
 
-def _first_existing(path: Path) -> Path:
+def first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
     for parent in [path, *path.parents]:
         if parent.exists():
             return parent
@@ -55,7 +56,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
 
 
 def _check_parent(path: Path, what: str, folder: Path | None = None) -> None:
-    base = _first_existing(path.parent if folder is None else path)
+    base = first_existing(path.parent if folder is None else path)
     target = folder or path
     if not base.is_dir():
         raise UsageError(f"cannot write {what} {target}: {base} is a file, not a folder")
@@ -71,7 +72,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
         raise UsageError(f"{path} is not a regular file (a folder, device or pipe); refusing it")
     tmp = None
-    base = _first_existing(path.parent)
+    base = first_existing(path.parent)
     if not base.is_dir():
         raise UsageError(f"cannot write {path}: {base} is a file, not a folder")
     try:

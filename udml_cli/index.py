@@ -118,7 +118,7 @@ class Index:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        legacy = _manifest_version(out) == 1
+        legacy = _manifest_field(out, "version") == 1
         gen = f"gen-{secrets.token_hex(6)}"
         tmp, final = out / f".{gen}.partial", out / gen
         try:
@@ -144,7 +144,7 @@ class Index:
             atomic_write_text(out / MANIFEST, json.dumps(meta, indent=2) + "\n")  # the switch
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if _manifest_generation(out) != gen:
+            if _manifest_field(out, "generation") != gen:
                 shutil.rmtree(final, ignore_errors=True)
             raise
         self.out, self.generation = out, gen
@@ -285,15 +285,10 @@ def _read_files(path: Path, count: int, hint: str) -> list[tuple[str, int, int]]
     return files
 
 
-def _manifest_version(out: Path):
+def _manifest_field(out: Path, key: str):
+    """One field of ``out``'s manifest, None when there is none to read (no index yet)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        return json.loads((out / MANIFEST).read_text()).get("version")
-    return None
-
-
-def _manifest_generation(out: Path):
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return json.loads((out / MANIFEST).read_text()).get("generation")
+        return json.loads((out / MANIFEST).read_text()).get(key)
     return None
 
 
@@ -321,22 +316,31 @@ def prune(out: Path, keep: str, legacy: bool = False) -> None:
                 (out / name).unlink()
 
 
+def refuse_foreign(out: Path) -> bool:
+    """Whether ``out`` is new (missing, or empty but for udml's own leftovers); raises when it
+    is a folder udml index must not write into (a file, or a folder of anything but an index).
+    Cheap: the files of an index are not read."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not an index folder")
+    if (out / MANIFEST).is_file():
+        return False
+    others = [e.name for e in out.iterdir() if not own_leftover(e.name)]
+    if not others:
+        return True
+    raise UsageError(
+        f"{out} is not a udml index (it holds {others[0]!r} and no {MANIFEST}): udml index "
+        "writes only into a new or empty folder or an index it made; choose another --out"
+    )
+
+
 def index_state(out: Path) -> tuple[str, Index | str | None]:
     """What ``out`` holds before ``udml index`` writes there: ``("new", None)`` (missing, or
     empty but for udml's own leftovers), ``("index", Index)``, ``("damaged", why)`` (a udml
     index that does not load). A folder that is not a udml index raises."""
-    if not out.exists():
+    if refuse_foreign(out):
         return "new", None
-    if not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not an index folder")
-    if not (out / MANIFEST).is_file():
-        others = [e.name for e in out.iterdir() if not own_leftover(e.name)]
-        if not others:
-            return "new", None
-        raise UsageError(
-            f"{out} is not a udml index (it holds {others[0]!r} and no {MANIFEST}): udml index "
-            "writes only into a new or empty folder or an index it made; choose another --out"
-        )
     try:
         read_manifest(out)
     except DamagedIndex as e:  # an index.json that does not parse: replaceable with --yes

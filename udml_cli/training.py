@@ -53,7 +53,6 @@ class Trainer:
         init_head(self.model, cfg.model)  # "pca" waits for the first refresh's features
         self.images = TrainingImages(cfg, samples, kind.check_data)
         self.labelled, self.main = ref.labelled, engine.is_main  # rank 0 writes
-        self.rescuer = False  # a rank that writes last.pt because rank 0 is gone
         self.log_path = out / "metrics.jsonl"
         self.epoch = self.iteration = self.step = 0  # epochs and batches done; batches in all
         self.method = kind(Run(cfg, self.model, engine, self))
@@ -82,17 +81,18 @@ class Trainer:
         for _ in range(3):
             try:
                 with deferred_signals():
-                    self.rescuer = not self.main and self.engine.first_alive() == self.engine.rank
-                    self.save("last.pt")
+                    writer = self.main or self.engine.first_alive() == self.engine.rank
+                    self.save("last.pt", writer=writer)
                 return
             except KeyboardInterrupt:
                 continue
 
-    def save(self, name: str, full: bool = True) -> Path:
+    def save(self, name: str, full: bool = True, writer: bool | None = None) -> Path:
         """A checkpoint; ``full=False`` keeps what eval/embed need (weights, config, position),
-        not the optimiser and method state a resume needs (3× smaller with Adam)."""
+        not the optimiser and method state a resume needs (3× smaller with Adam). Written by
+        rank 0 (``writer``: by this rank, when rank 0 is gone)."""
         path = self.out / name
-        if not (self.main or self.rescuer):
+        if not (self.main if writer is None else writer):
             return path
         state: dict = {"epoch": self.epoch, "iteration": self.iteration, "step": self.step}
         if full:

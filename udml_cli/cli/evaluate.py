@@ -84,9 +84,10 @@ def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool)
     from udml_cli import api
     from udml_cli.runs import run_checkpoints
 
-    console.print(f"eval: {len(run_checkpoints(run))} checkpoints of {run} …")
+    paths = run_checkpoints(run)
+    console.print(f"eval: {len(paths)} checkpoints of {run} …")
     with progress() as bar:
-        rows, best = api.evaluate_run(run, cfg, dataset, data_root, split, bar)
+        rows, best = api.evaluate_run(run, cfg, dataset, data_root, split, bar, paths)
     table = Table(title=f"{run}: {len(rows)} checkpoints on {rows[0]['dataset']}/{split}")
     cols, _ = percent_columns(rows[0])
     table.add_column("checkpoint")

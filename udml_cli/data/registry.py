@@ -13,7 +13,7 @@ import tomllib
 
 from udml_cli.data.layout import LAYOUTS, DatasetRef, detect_layout
 from udml_cli.errors import DatasetError, RegistryError, UsageError
-from udml_cli.fileio import atomic_write_text
+from udml_cli.fileio import atomic_write_text, first_existing
 from udml_cli.names import Registry
 
 # Official names (design.md §1): name -> folder under the data root.
@@ -31,8 +31,8 @@ def udml_home() -> Path:
     env = os.environ.get("UDML_HOME")
     if env:
         home = Path(env).expanduser()
-        base = next((p for p in (home, *home.parents) if p.exists()), None)
-        if base is not None and not base.is_dir():
+        base = first_existing(home)
+        if not base.is_dir():
             raise RegistryError(
                 f"UDML_HOME={env}: {base} is a file, not a folder; point UDML_HOME at a folder"
             )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from udml_cli.data.images import FAILED, ImageDataset, SeededImages, report_unreadable
@@ -73,4 +72,4 @@ class TrainingImages:
         if out is not None:
             atomic_write_text(out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
             note(f"{len(bad)} unreadable training images are left out: {out / 'skipped.txt'}")
-        return np.ascontiguousarray(feat[index != FAILED])
+        return feat[index != FAILED]

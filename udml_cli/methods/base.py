@@ -147,6 +147,18 @@ class Method(ABC):
         """Restore ``state_dict``'s keys; raise ``CheckpointError`` when they do not fit."""
         return None
 
+    @staticmethod
+    def check_images(rows: np.ndarray, n_train: int) -> None:
+        """Refuse per-image state (pseudo-labels, neighbour lists) saved for another number of
+        training images than the run has now (``load_state_dict``'s first check)."""
+        from udml_cli.errors import UsageError
+
+        if len(rows) != n_train:
+            raise UsageError(
+                f"the run was trained on {len(rows)} images but the dataset now has {n_train} "
+                "training images; the dataset changed: start a new run (--out)"
+            )
+
     def describe(self, parts: dict) -> str:
         """Its loss parts on the progress line: ``weight 0.7012 rot 1.386``."""
         return " ".join(f"{k.removesuffix('_loss')} {short(parts[k])}" for k in self.losses[1:]
@@ -160,3 +172,22 @@ class Method(ABC):
 def short(value: float) -> str:
     """A loss for the progress line: 4 significant digits, in any range (1e-4 is not 0.000)."""
     return f"{value:.4g}"
+
+
+class TrainingForward(nn.Module):
+    """What a method's ``forward_module`` returns and DDP wraps (so every trained parameter's
+    use is inside it): the backbone under the engine's autocast, then the method's ``heads`` on
+    the pooled feature in fp32 with autocast off (losses on bf16 similarities are unstable)."""
+
+    def __init__(self, model: nn.Module, engine) -> None:
+        super().__init__()
+        self.model, self.engine = model, engine
+
+    def forward(self, x: torch.Tensor, *args):
+        with self.engine.autocast():
+            feat = self.model.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.heads(feat.float(), *args)
+
+    def heads(self, feat: torch.Tensor, *args):
+        raise NotImplementedError

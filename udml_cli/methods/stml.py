@@ -21,7 +21,7 @@ from torch import nn
 from udml_cli.data.sampler import NeighbourSampler
 from udml_cli.errors import CheckpointError, UsageError
 from udml_cli.losses import stml_loss
-from udml_cli.methods.base import Method
+from udml_cli.methods.base import Method, TrainingForward
 
 
 class Stml(Method):
@@ -138,11 +138,7 @@ class Stml(Method):
 
     def load_state_dict(self, payload: dict, n_train: int) -> None:
         neighbours = payload["neighbours"].numpy()
-        if len(neighbours) != n_train:
-            raise UsageError(
-                f"the run was trained on {len(neighbours)} images but the dataset now has "
-                f"{n_train} training images; the dataset changed: start a new run (--out)"
-            )
+        self.check_images(neighbours, n_train)
         if neighbours.min(initial=0) < 0 or neighbours.max(initial=0) >= n_train:
             raise CheckpointError("damaged: neighbours out of range")
         try:
@@ -194,18 +190,8 @@ def neighbour_precision(neighbours: np.ndarray, truth: np.ndarray) -> float:
     return float((truth[neighbours[:, 1:]] == truth[neighbours[:, :1]]).mean())
 
 
-class StudentForward(nn.Module):
-    """The student's f (the embedding, before normalisation) and g embeddings of a batch: the
-    backbone under the engine's autocast, the heads in fp32. What DDP wraps."""
+class StudentForward(TrainingForward):
+    """The student's f (the embedding, before normalisation) and g embeddings of a batch."""
 
-    def __init__(self, model: nn.Module, engine) -> None:
-        super().__init__()
-        self.model, self.engine = model, engine
-
-    def forward(self, x: torch.Tensor):
-        m = self.model
-        with self.engine.autocast():
-            feat = m.features(x)
-        with torch.autocast(x.device.type, enabled=False):
-            feat = feat.float()
-            return m.head.fc(feat), m.aux_head(feat)
+    def heads(self, feat: torch.Tensor):
+        return self.model.head.fc(feat), self.model.aux_head(feat)

@@ -19,7 +19,7 @@ from udml_cli.clustering import auto_clusters, diagnostics, kmeans
 from udml_cli.data.sampler import PKSampler
 from udml_cli.errors import CheckpointError, TrainingError, UsageError, note
 from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
-from udml_cli.methods.base import Method
+from udml_cli.methods.base import Method, TrainingForward
 from udml_cli.models.heads import RotationHead
 
 
@@ -215,11 +215,7 @@ class UdmlSS(Method):
 
     def load_state_dict(self, payload: dict, n_train: int) -> None:
         labels = payload["pseudo_labels"].numpy()
-        if len(labels) != n_train:
-            raise UsageError(
-                f"the run was trained on {len(labels)} images but the dataset now has {n_train} "
-                "training images; the dataset changed: start a new run (--out)"
-            )
+        self.check_images(labels, n_train)
         if labels.min(initial=0) < 0 or labels.max(initial=0) >= self.cfg.cluster.num_clusters:
             raise CheckpointError("damaged: pseudo-labels out of range")
         self.pseudo_labels, self.centroids = labels, payload["centroids"].numpy()
@@ -244,21 +240,12 @@ def recluster_note(epoch: int, iteration: int, per_epoch: int, up_step: int, epo
     return f", re-cluster in {(due - epoch - 1) * per_epoch + per_epoch - iteration} it"
 
 
-class UdmlForward(nn.Module):
-    """One training forward: the backbone under the engine's autocast, the embedding head on the
-    first ``n`` rows and the rotation head on the ``pick``-ed rows and the rotated ones (after
-    row ``n``) in fp32. A module of its own so DDP wraps every trained parameter's use."""
+class UdmlForward(TrainingForward):
+    """The embedding head on the first ``n`` rows; the rotation head on the ``pick``-ed rows
+    and the rotated ones (after row ``n``)."""
 
-    def __init__(self, model: nn.Module, engine) -> None:
-        super().__init__()
-        self.model, self.engine = model, engine
-
-    def forward(self, x: torch.Tensor, n: int, pick: torch.Tensor | None):
+    def heads(self, feat: torch.Tensor, n: int, pick: torch.Tensor | None):
         m = self.model
-        with self.engine.autocast():
-            feat = m.features(x)
-        with torch.autocast(x.device.type, enabled=False):
-            feat = feat.float()
-            emb = m.project(feat[:n])
-            logits = None if pick is None else m.rotation_head(torch.cat([feat[pick], feat[n:]]))
+        emb = m.project(feat[:n])
+        logits = None if pick is None else m.rotation_head(torch.cat([feat[pick], feat[n:]]))
         return emb, logits
