@@ -13,6 +13,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the tests' plug-in (tests/udml_testkit.py: the tiny-test backbone, fault-injecting methods),
+# loaded as a user's plug-in is, here and in every udml process a test starts
+os.environ["UDML_PLUGINS"] = "udml_testkit"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p
+)
+
 # the tiny backbone on the synthetic layout: a training run in seconds
 TINY = [
     "--backbone", "tiny-test", "--weights", "none", "--image-size", "16",

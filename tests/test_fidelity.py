@@ -288,25 +288,16 @@ def test_resume_refuses_other_changes_and_leaves_the_run_alone(cli, layout, tmp_
 
 # ---- 5. Ctrl-C between re-clustering and the sampler rebuild --------------------------------
 def test_ctrl_c_right_after_reclustering_resumes_bit_exact(cli, layout, tmp_path, monkeypatch):
-    from udml_cli.methods import udml_ss
-
     straight, cut = tmp_path / "a", tmp_path / "b"
     extra = ["--epochs", "4", "--set", "cluster.niter=1", "--set", "cluster.init=random"]
     assert cli("train", "--dataset", layout, "--out", straight, *TINY, *extra).code == 0
-    real, calls = udml_ss.PKSampler, {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the rebuild after the re-clustering at epoch 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(udml_ss, "PKSampler", flaky)
-    r = cli("train", "--dataset", layout, "--out", cut, *TINY, *extra)
+    monkeypatch.setenv("UDML_TEST_FAULT", "sampler:2:interrupt")  # the rebuild at epoch 2
+    r = cli("train", "--dataset", layout, "--out", cut, *TINY, *extra,
+            "--set", "train.method=faulty-udml-ss")  # fmt: skip
     assert r.code == 130, r.err
     saved = torch.load(cut / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["iteration"], saved["clustered_at"]) == (2, 0, 2)
-    monkeypatch.setattr(udml_ss, "PKSampler", real)
+    monkeypatch.delenv("UDML_TEST_FAULT")
     assert cli("train", "--out", cut, "--resume").code == 0
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(cut / "last.pt", weights_only=True)

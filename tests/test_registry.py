@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -79,3 +80,22 @@ def test_every_named_thing_has_one_lookup_and_one_error_line():
         with pytest.raises(UsageError, match=rf"^unknown {noun} 'nope' \(valid: .*{known}"):
             registry.lookup("nope")
     assert "tiny-test" not in REGISTRY.names() and REGISTRY.lookup("tiny-test")
+
+
+def test_plugins_load_from_udml_plugins_and_a_broken_one_is_one_line(tmp_path):
+    from conftest import run_udml, write_image
+
+    write_image(tmp_path / "a.png", (200, 30, 30))
+    # this process loaded the tests' plug-in through UDML_PLUGINS (conftest): its backbone works
+    r = run_udml("embed", tmp_path, "--backbone", "tiny-test", "--weights", "imagenet")
+    assert r.returncode == 2 and b"tiny-test has no ImageNet weights" in r.stderr
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('half-written plug-in')\n")
+    env = {"UDML_PLUGINS": "udml_testkit, broken_plugin",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]])}  # fmt: skip
+    r = run_udml("train", "--backbone", "nope", env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert err.strip() == (
+        "error: cannot load plug-in broken_plugin (named by UDML_PLUGINS): half-written "
+        "plug-in; fix or remove it"
+    )

@@ -132,7 +132,7 @@ class Trainer:
             kept = f"the last good checkpoint is kept: {last}" if last.is_file() else \
                 "no checkpoint had been written yet"  # fmt: skip
             raise TrainingError(
-                f"loss became {out['loss']} at epoch {self.epoch + 1}, step {self.step}; "
+                f"loss became {out['loss']} at epoch {self.epoch + 1}, step {self.step + 1}; "
                 f"stopped, {kept} (try a lower learning rate)"
             )
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Training methods, one module each (the contract: ``base.Method``), chosen by
 ``train.method``. A new method is its module and one line here (``"name": "module:Class"``,
-imported when first asked for), or ``METHODS.add(name, cls)`` from elsewhere (a test's)."""
+imported when first asked for), or ``METHODS.add(name, cls)`` from a plug-in (``plugins.py``)."""
 
 from __future__ import annotations
 
@@ -28,4 +28,4 @@ def method_class(name: str):
 
 
 def all_methods() -> list:
-    return [method_class(name) for name in list(METHODS)]
+    return [method_class(name) for name in METHODS.names(include_hidden=True)]

@@ -40,14 +40,18 @@ class Spec:
     build: Callable[[str], Backbone]  # weights ("imagenet" | "none") → Backbone
     description: str
     convert: Callable[[dict], dict] | None = None  # a foreign weights file's keys → ours
+    pretrained: bool = True  # False: no ImageNet weights exist (random init is its normal start)
 
 
 REGISTRY: Registry[Spec] = Registry("backbone")
 
 
-def register(name: str, description: str, hidden: bool = False, convert=None):
+def register(name: str, description: str, hidden: bool = False, convert=None,
+             pretrained: bool = True):  # fmt: skip
+    """Register ``fn(weights) -> Backbone`` as ``name`` (here, or from a plug-in)."""
+
     def wrap(fn):
-        REGISTRY.add(name, Spec(fn, description, convert), hidden)
+        REGISTRY.add(name, Spec(fn, description, convert, pretrained), hidden)
         return fn
 
     return wrap
@@ -195,30 +199,6 @@ def _bvlc(weights: str) -> Backbone:
     return backbone
 
 
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-        )
-
-    def forward(self, x):
-        return self.body(x).flatten(1)
-
-
-@register("tiny-test", "a 2-layer CNN for tests only (16-d)", hidden=True)
-def _tiny(weights: str) -> Backbone:
-    if weights == "imagenet":
-        raise UsageError("backbone tiny-test has no ImageNet weights; use --weights none")
-    return Backbone(_Tiny(), 16, IMAGENET_MEAN, IMAGENET_STD)
-
-
 def names(include_hidden: bool = False) -> list[str]:
     return REGISTRY.names(include_hidden)
 
@@ -286,8 +266,10 @@ def create_backbone(name: str, weights: str, quiet: bool = False) -> Backbone:
 
     The architecture never depends on ``weights``: only the values loaded into it do."""
     spec = REGISTRY.lookup(name)
+    if weights == "imagenet" and not spec.pretrained:
+        raise UsageError(f"backbone {name} has no ImageNet weights; use --weights none")
     if weights in ("imagenet", "none"):
-        if weights == "none" and not quiet and name != "tiny-test":
+        if weights == "none" and not quiet and spec.pretrained:
             warn(f"{name} is randomly initialised (--weights none)")
         return spec.build(weights)
     path = Path(weights).expanduser()
