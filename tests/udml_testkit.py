@@ -40,7 +40,7 @@ class Tiny(nn.Module):
 
 @register("tiny-test", "a 2-layer CNN for tests only (16-d)", hidden=True, pretrained=False)
 def tiny(weights: str) -> Backbone:
-    return Backbone(Tiny(), 16, IMAGENET_MEAN, IMAGENET_STD)
+    return Backbone(Tiny(), 16, IMAGENET_MEAN, IMAGENET_STD, {"conv1": "body.2", "conv2": "body.5"})
 
 
 class Faults:

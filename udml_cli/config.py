@@ -68,12 +68,32 @@ class ModelConfig(_Section):
         description="fraction of the backbone's parameter tensors, from the input side, kept fixed "
         "while training (0: train all, the paper; 1: train the heads only)",
     )
+    pool: Literal["avg", "gem"] = Field(
+        "avg",
+        description="global pooling of each pooled stage: avg, or gem (generalised mean, a "
+        "learnable exponent starting at 3)",
+    )
+    layers: list[str] = Field(
+        ["last"],
+        min_length=1,
+        max_length=16,
+        description="stages pooled into the descriptor, each L2-normalised, concatenated: "
+        "'last' (the final feature) and/or the backbone's stages (e.g. 'block10' of "
+        "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them)",
+    )
     head_init: Literal["random", "pca", "identity", "orthogonal"] = Field(
         "random",
         description="embedding head init: random (paper), PCA of the start features, identity "
         "(needs dim = backbone feature size: training starts exactly at the pretrained metric), "
         "or orthogonal with zero bias (STML's code)",
     )
+
+    @model_validator(mode="after")
+    def _layers_once(self) -> ModelConfig:
+        twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
+        if twice:
+            raise ValueError(f"model.layers names {twice[0]!r} twice; name each stage once")
+        return self
 
 
 class LossConfig(_Section):

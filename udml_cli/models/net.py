@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from udml_cli.config import ModelConfig
 from udml_cli.models.backbones import create_backbone
+from udml_cli.models.descriptor import describe
 from udml_cli.models.heads import EmbeddingHead
 
 
@@ -75,6 +76,7 @@ def build_model(
     with ``quiet``: their weights come from the file); ``heads(feat_dim) -> {name: module}``:
     a training method's own heads (see ``build_network``)."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
+    backbone = describe(backbone, cfg.pool, cfg.layers, cfg.backbone)
     return EmbeddingNet(backbone, cfg.dim if head else None, dropout=cfg.dropout,
                         heads=heads if head else None)  # fmt: skip
 

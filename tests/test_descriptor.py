@@ -1,0 +1,118 @@
+"""Descriptors beyond the last pooled layer: GeM, intermediate stages, every backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY
+from torch.nn import functional as F
+
+from udml_cli.config import ModelConfig
+from udml_cli.errors import UsageError
+from udml_cli.models.backbones import create_backbone, names
+from udml_cli.models.descriptor import GeM
+from udml_cli.models.net import build_model
+
+
+def test_gem_against_a_plain_loop():
+    x = torch.rand(2, 3, 4, 5) + 0.01
+    gem = GeM(p=3.0)
+    out = gem(x).detach()
+    assert out.shape == (2, 3, 1, 1)
+    for n in range(2):
+        for c in range(3):
+            values = [float(v) for v in x[n, c].flatten()]
+            expected = (sum(v**3 for v in values) / len(values)) ** (1 / 3)
+            assert abs(float(out[n, c, 0, 0]) - expected) < 1e-5
+    with torch.no_grad():
+        gem.p.fill_(1.0)
+    torch.testing.assert_close(gem(x), F.adaptive_avg_pool2d(x, 1))
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="tiny-test", weights="none", dim=16, **kw)).eval()
+
+
+def test_stages_are_pooled_normalised_and_concatenated_as_by_hand():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    plain = _tiny()  # the same random start for every variant (seeded)
+    body = plain.backbone.body
+    z = (x - plain.mean) / plain.std
+    conv1 = body[:3](z).mean((2, 3))
+    final = body(z).flatten(1)
+    both = _tiny(layers=["conv1", "last"])
+    assert both.feat_dim == 8 + 16
+    with torch.no_grad():
+        expected = torch.cat([F.normalize(conv1, dim=1), F.normalize(final, dim=1)], 1)
+        torch.testing.assert_close(both.features(x), expected)
+        only = _tiny(layers=["conv1"])
+        torch.testing.assert_close(only.features(x), F.normalize(conv1, dim=1))
+        gem = _tiny(pool="gem")  # the final average pooling is now GeM (p = 3)
+        by_hand = body[:6](z).clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+        torch.testing.assert_close(gem.features(x), by_hand)
+
+
+def test_identity_head_starts_at_the_descriptor_metric():
+    model = _tiny(layers=["conv1", "conv2"])
+    model.head = type(model.head)(24, 24)
+    model.head.init_identity()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), F.normalize(model.features(x), dim=1))
+
+
+def test_wrong_stage_names_are_one_line():
+    with pytest.raises(UsageError, match=r"no stage 'block99' \(valid: conv1, conv2, last\)"):
+        _tiny(layers=["block99"])
+    with pytest.raises(ValueError, match="names 'last' twice"):
+        ModelConfig(layers=["last", "last"])
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_backbone_pools_its_stages(name):
+    backbone = create_backbone(name, "none", quiet=True)
+    assert backbone.stages, f"{name} names no stages"
+    stages = list(backbone.stages)
+    cfg = ModelConfig(backbone=name, weights="none", dim=8, layers=[stages[0], stages[-1]],
+                      pool="gem")  # fmt: skip
+    model = build_model(cfg, quiet=True).eval()
+    with torch.no_grad():
+        feat = model.features(torch.rand(2, 3, 64, 64))
+    assert feat.shape == (2, model.feat_dim) and torch.isfinite(feat).all()
+    norms = [p.norm(dim=1) for p in _split(model, feat)]
+    for n in norms:
+        torch.testing.assert_close(n, torch.ones(2))
+
+
+def _split(model, feat):
+    """The descriptor's parts (each pooled stage), by the channel counts of its stages."""
+    desc = model.backbone
+    sizes, start = [], 0
+    maps = {}
+    hooks = [desc.body.get_submodule(p).register_forward_hook(
+        lambda m, a, o, i=i: maps.__setitem__(i, o.shape[1])) for i, p in enumerate(desc.paths)]  # fmt: skip
+    with torch.no_grad():
+        desc(torch.zeros(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    for i in range(len(desc.paths)):
+        sizes.append(feat[:, start : start + maps[i]])
+        start += maps[i]
+    return sizes
+
+
+def test_a_run_with_gem_and_stages_trains_saves_and_evaluates(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "2",
+            "--set", 'model.layers=["conv1", "last"]', "--set", "model.pool=gem")  # fmt: skip
+    assert r.code == 0, r.err
+    saved = torch.load(out / "last.pt", weights_only=True)["model"]
+    ps = [k for k in saved if k.endswith(".p")]
+    assert len(ps) == 2 and all(float(saved[k]) != 3.0 for k in ps)  # both exponents trained
+    r = cli("eval", "--checkpoint", out / "last.pt", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dim"] == 512

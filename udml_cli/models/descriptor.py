@@ -1,0 +1,109 @@
+"""Descriptors beyond the last pooled layer (``model.pool``, ``model.layers``).
+
+A backbone maps images to its final pooled feature. ``pool = "gem"`` replaces its final global
+average pooling with generalised-mean pooling (a learnable exponent p, starting at 3; Radenović
+et al., TPAMI 2018). ``layers`` names the stages to pool (``Backbone.stages``: ``layer3`` of a
+ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature): each is pooled,
+L2-normalised, and the parts are concatenated, so every stage counts alike whatever its scale.
+The head then starts on that descriptor (``identity``/``pca`` start exactly at its metric).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from udml_cli.errors import UsageError
+
+
+class GeM(nn.Module):
+    """``(mean x^p)^(1/p)`` over the spatial positions (x clamped at ``eps``: maps after a ReLU
+    are ≥ 0 already); shaped as ``AdaptiveAvgPool2d(1)``'s output, so it can take its place."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.eps = nn.Parameter(torch.tensor(float(p))), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.float()
+        return x.float().clamp(min=self.eps).pow(p).mean((2, 3), keepdim=True).pow(1.0 / p)
+
+
+def _pool(kind: str) -> nn.Module:
+    return GeM() if kind == "gem" else nn.AdaptiveAvgPool2d(1)
+
+
+def _use_gem_at_the_end(module: nn.Module, name: str) -> None:
+    """Replace the backbone's final global average pooling (the last ``AdaptiveAvgPool2d``
+    defined) with GeM."""
+    found = [n for n, m in module.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    if not found:
+        raise UsageError(f"model.pool=gem: backbone {name} has no global pooling to replace")
+    parent, _, attr = found[-1].rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, attr, GeM())
+
+
+class _Enough(Exception):
+    """Raised by the last needed stage's hook: the layers after it need not run."""
+
+
+class Descriptor(nn.Module):
+    """Pools the named stages of ``body`` (and its final feature with ``last``), each part
+    L2-normalised, concatenated."""
+
+    def __init__(self, body: nn.Module, paths: list[str], pool: str, last: bool) -> None:
+        super().__init__()
+        self.body, self.paths, self.last = body, list(paths), last
+        self.pools = nn.ModuleList(_pool(pool) for _ in self.paths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps: dict[int, torch.Tensor] = {}
+
+        def grab(i):
+            def hook(module, args, out):
+                maps[i] = out
+                if not self.last and len(maps) == len(self.paths):
+                    raise _Enough
+
+            return hook
+
+        # hooks live for this call only: a deep copy (a teacher) or DDP sees a plain module
+        handles = [self.body.get_submodule(p).register_forward_hook(grab(i))
+                   for i, p in enumerate(self.paths)]  # fmt: skip
+        try:
+            final = self.body(x)
+        except _Enough:
+            final = None
+        finally:
+            for h in handles:
+                h.remove()
+        parts = [F.normalize(pool(maps[i]).flatten(1).float(), dim=1)
+                 for i, pool in enumerate(self.pools)]  # fmt: skip
+        if self.last:
+            parts.append(F.normalize(final.float(), dim=1))
+        return torch.cat(parts, 1)
+
+
+def describe(backbone, pool: str, layers: list[str], name: str):
+    """``backbone`` (``backbones.Backbone``) with the descriptor ``pool``/``layers`` ask for; the
+    plain backbone when they ask for its final average-pooled feature."""
+    from dataclasses import replace
+
+    if pool == "gem" and "last" in layers:
+        _use_gem_at_the_end(backbone.module, name)
+    if list(layers) == ["last"]:
+        return backbone
+    unknown = [x for x in layers if x != "last" and x not in backbone.stages]
+    if unknown:
+        valid = ", ".join([*backbone.stages, "last"]) or "last (this backbone names no stages)"
+        raise UsageError(f"model.layers: {name} has no stage '{unknown[0]}' (valid: {valid})")
+    paths = [backbone.stages[x] for x in layers if x != "last"]
+    module = Descriptor(backbone.module, paths, pool, "last" in layers)
+    was = module.training
+    module.eval()
+    with torch.no_grad():  # the stages' channel counts: one small forward
+        probe = torch.zeros(1, 3, 64, 64)
+        dim = module(probe).shape[1]
+    module.train(was)
+    return replace(backbone, module=module, feat_dim=dim)
