@@ -2,7 +2,7 @@
 it for this process and every udml process a test starts):
 
 - ``tiny-test``: a 2-layer CNN backbone (16-d), so a training run takes seconds;
-- ``faulty-udml-ss`` / ``faulty-stml``: the two methods, unchanged, except that they fail where
+- ``faulty-udml-ss`` / ``faulty-stml`` / ``faulty-invariance``: the methods, unchanged, except that they fail where
   ``UDML_TEST_FAULT`` says — ``HOOK:N:KIND`` with HOOK ``step`` or ``sampler`` (the contract's
   calls), N the call of this run that fails, KIND ``interrupt`` (Ctrl-C) or ``nan`` (the step's
   loss). Unset, they train exactly as the methods they wrap.
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from udml_cli.methods import METHODS
+from udml_cli.methods.invariance import Invariance
 from udml_cli.methods.stml import Stml
 from udml_cli.methods.udml_ss import UdmlSS
 from udml_cli.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, register
@@ -81,5 +82,9 @@ class FaultyStml(Faults, Stml):
     name = "faulty-stml"
 
 
-for cls in (FaultyUdmlSS, FaultyStml):
+class FaultyInvariance(Faults, Invariance):
+    name = "faulty-invariance"
+
+
+for cls in (FaultyUdmlSS, FaultyStml, FaultyInvariance):
     METHODS.add(cls.name, cls, hidden=True)

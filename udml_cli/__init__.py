@@ -1,7 +1,8 @@
 """udml: unsupervised deep metric learning (UDML-SS) from the command line and from Python.
 
 The Python API (``udml_cli.api``), imported lazily so ``udml --help`` stays fast:
-``settings``, ``train``, ``run_summary``, ``evaluate``, ``evaluate_run``, ``cluster``,
+``settings``, ``train``, ``run_summary``, ``evaluate``, ``evaluate_run``, ``label_free``,
+``cluster``,
 ``load_model``, ``embed_folder``, ``embed_files``, ``build_index``, ``Index``,
 ``duplicate_groups``.
 """
@@ -12,7 +13,7 @@ _API = {
     "settings": "udml_cli.api", "train": "udml_cli.api", "load_model": "udml_cli.api",
     "embed_folder": "udml_cli.api", "embed_files": "udml_cli.api", "build_index": "udml_cli.api",
     "run_summary": "udml_cli.api", "evaluate": "udml_cli.api", "evaluate_run": "udml_cli.api",
-    "cluster": "udml_cli.api",
+    "cluster": "udml_cli.api", "label_free": "udml_cli.api",
     "Index": "udml_cli.index", "duplicate_groups": "udml_cli.index",
 }  # fmt: skip
 __all__ = ["__version__", *_API]

@@ -145,7 +145,7 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
             )
         engine = resolve_engine(cfg.engine)
         trainer = Trainer(cfg, ref, out, engine, progress)  # checks the settings against the data
-        scorer = _scorer(cfg, ref, engine, progress)
+        scorer = _scorer(cfg, ref, engine, progress, trainer.images)
         replaced = ReplacedRun(out) if replacing else None  # the new run starts empty
         try:
             with distributed_session(engine):
@@ -158,13 +158,16 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
                     replaced.rollback()
 
 
-def _scorer(cfg: Config, ref, engine, progress):
-    """What training evaluates on: ``data.eval_dataset``, else the training data's own test
-    split; an unlabelled collection alone has nothing to score against (``None``)."""
+def _scorer(cfg: Config, ref, engine, progress, images=None):
+    """What training scores at each evaluation: R@K, NMI … on ``data.eval_dataset``, else on the
+    training data's own test split, and the label-free scores (``selection.py``) on the training
+    ``images``; ``None`` when there is nothing to score."""
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.errors import UsageError, note
     from udml_cli.inference import evaluate
+    from udml_cli.selection import label_free_scores
 
+    eval_ref = None
     if cfg.data.eval_dataset:
         eval_ref = resolve_dataset(cfg.data.eval_dataset, cfg.data.data_root)
         if not eval_ref.labelled:
@@ -174,13 +177,19 @@ def _scorer(cfg: Config, ref, engine, progress):
             )
     elif ref.labelled:
         eval_ref = ref
-    else:
-        if cfg.train.eval_step or cfg.train.final_eval:
-            note("no labelled data to evaluate on: no scores this run (--eval-dataset NAME)")
+    label_free = images is not None and cfg.eval.label_free > 0
+    if eval_ref is None and (cfg.train.eval_step or cfg.train.final_eval):
+        note("no labelled data to evaluate on: " + ("label-free scores only" if label_free else
+             "no scores this run") + " (--eval-dataset NAME)")  # fmt: skip
+    if eval_ref is None and not label_free:
         return None
 
     def score(model) -> dict:
-        return evaluate(model, cfg, eval_ref, cfg.eval.split, engine, progress)
+        result = evaluate(model, cfg, eval_ref, cfg.eval.split, engine, progress) \
+            if eval_ref is not None else {}  # fmt: skip
+        if label_free:
+            result["label_free"] = label_free_scores(model, cfg, images.plain, engine, progress)
+        return result
 
     return score
 
@@ -202,14 +211,49 @@ def evaluate(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=
     return result
 
 
+def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=None,
+               data_root=None, split: str = "train", progress=None) -> dict:  # fmt: skip
+    """The label-free scores (``selection.py``) of a checkpoint, or of a backbone's start, on a
+    split's own images (no labels needed: an unlabelled collection works); ``dataset``:
+    default the checkpoint's."""
+    from udml_cli.data.images import ImageDataset
+    from udml_cli.data.layout import read_split
+    from udml_cli.data.transforms import eval_transform
+    from udml_cli.engine import resolve_engine
+    from udml_cli.errors import UsageError
+    from udml_cli.inference import model_and_dataset
+    from udml_cli.selection import label_free_scores
+
+    cfg = cfg if cfg is not None else load_config()
+    if cfg.eval.label_free < 2:
+        raise UsageError("eval.label_free must be at least 2 images to score label-free")
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
+    plain = ImageDataset(read_split(ref, split), eval_transform(cfg.data), size=cfg.data.image_size)
+    where = f"{ref.name}/{split}"
+    result = label_free_scores(model, cfg, plain, resolve_engine(cfg.engine), progress, where)
+    result |= {"dataset": ref.name, "split": split}
+    result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
+    return result
+
+
 def evaluate_run(run: str | Path, cfg: Config | None = None, dataset=None, data_root=None,
-                 split: str = "test", progress=None, checkpoints=None) -> tuple[list[dict], int]:  # fmt: skip
+                 split: str = "test", progress=None, checkpoints=None,
+                 label_free_only: bool = False) -> tuple[list[dict], int]:  # fmt: skip
     """Every checkpoint of a run folder scored (``evaluate``), in epoch order, and the index of
     the best R@1 (choosing it is selection on the evaluated split). ``checkpoints``: the run's
-    ``runs.run_checkpoints``, when the caller has listed them already."""
+    ``runs.run_checkpoints``, when the caller has listed them already. ``label_free_only``: the
+    label-free scores of each on the run's training images instead (``split`` ignored), and the
+    index of the highest."""
     from udml_cli.runs import run_checkpoints
 
     paths = checkpoints if checkpoints is not None else run_checkpoints(Path(run))
+    if label_free_only:
+        rows = [
+            label_free(cfg, path, None, dataset, data_root, "train", progress) for path in paths
+        ]
+        scored = [i for i, r in enumerate(rows) if r["score"] is not None]
+        return rows, max(scored, key=lambda i: rows[i]["score"]) if scored else 0
     rows = [evaluate(cfg, path, None, dataset, data_root, split, progress) for path in paths]
     best = max(range(len(rows)), key=lambda i: next(iter(rows[i]["recall_at"].values())))
     return rows, best
@@ -262,7 +306,8 @@ def cluster(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=N
 
 def run_summary(out: str | Path) -> dict:
     """What a run's metrics.jsonl says at the end: epochs, steps, training seconds, the last
-    epoch's mean loss, the last step's loss parts, and the first and last evaluation."""
+    epoch's mean loss, the last step's loss parts, the first and last evaluation, and the
+    label-free score of every evaluation."""
     from udml_cli.runs import read_metrics, run_losses
 
     records = read_metrics(Path(out))
@@ -273,6 +318,8 @@ def run_summary(out: str | Path) -> dict:
     epochs = having("epoch_summary", "completed", "seconds", "mean_loss")
     steps = having("step")
     evals = having("eval", "recall_at", "dataset", "split")
+    free = [(r["epoch"], r["label_free"]["score"]) for r in having("eval", "label_free")
+            if isinstance(r["label_free"], dict) and r["label_free"].get("score") is not None]  # fmt: skip
     last_step = steps[-1] if steps else {}
     return {
         "epochs": epochs[-1]["completed"] if epochs else 0,
@@ -282,6 +329,7 @@ def run_summary(out: str | Path) -> dict:
         "last_step": {k: last_step[k] for k in run_losses(Path(out)) if k in last_step},
         "start": evals[0] if evals and evals[0]["step"] == 0 else None,
         "end": evals[-1] if evals and evals[-1]["step"] > 0 else None,
+        "label_free": free,  # (epoch, score) of every evaluation: the start is epoch 0
     }
 
 

@@ -201,6 +201,35 @@ class StmlConfig(_Section):
     )
 
 
+class InvarianceConfig(_Section):
+    """The invariance method (train.method = "invariance"): each image in several edited views
+    (crops, flips, colour, greyscale, blur, small rotations, JPEG), views of one image pulled
+    together against every other image of the batch (NT-Xent, SimCLR), optionally SSCD's
+    entropy regulariser and the UDML-SS Weight loss on k-means pseudo-classes ([loss] α β base
+    margin, [cluster], train.instances) in one weighted sum."""
+
+    views: int = Field(2, ge=2, le=16, description="edited views of every image in a batch")
+    temperature: float = Field(
+        0.1, gt=0, le=10, description="NT-Xent temperature (similarities are divided by it)"
+    )
+    nce_weight: float = Field(1.0, ge=0, le=1000, description="weight of the NT-Xent loss")
+    entropy_weight: float = Field(
+        0.0, ge=0, le=1000,
+        description="weight of SSCD's differential-entropy regulariser (spreads the embeddings; "
+        "SSCD uses 30 at temperature 0.05); 0: off",
+    )  # fmt: skip
+    cluster_weight: float = Field(
+        0.0, ge=0, le=1000,
+        description="weight of the UDML-SS Weight loss on k-means pseudo-classes (P x K batches "
+        "from [cluster], re-clustered every train.up_step epochs); 0: off, no k-means",
+    )  # fmt: skip
+    edits: Literal["copies", "train"] = Field(
+        "copies",
+        description="how views are made: copies (the edits real copies carry: crop, flip, "
+        "colour, greyscale, blur, rotation, JPEG) or train (data.crop_scale_min crop + flip)",
+    )
+
+
 class EvalConfig(_Section):
     split: Literal["train", "test"] = "test"
     recall_at: list[Annotated[int, Field(ge=1, le=BIG)]] = Field(
@@ -209,6 +238,11 @@ class EvalConfig(_Section):
     batch_size: int = Field(
         128, ge=1, le=65536, description="images per forward pass when extracting"
     )
+    label_free: int = Field(
+        500, ge=0, le=BIG,
+        description="training images scored label-free at each evaluation (retrieval of an "
+        "edited copy of each, neighbourhoods kept: udml_cli/selection.py); 0: off",
+    )  # fmt: skip
 
 
 class EngineConfig(_Section):
@@ -236,6 +270,7 @@ class Config(_Section):
     cluster: ClusterConfig = ClusterConfig()
     train: TrainConfig = TrainConfig()
     stml: StmlConfig = StmlConfig()
+    invariance: InvarianceConfig = InvarianceConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
 

@@ -51,7 +51,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_network(cfg))
         init_head(self.model, cfg.model)  # "pca" waits for the first refresh's features
-        self.images = TrainingImages(cfg, samples, kind.check_data)
+        self.images = TrainingImages(cfg, samples, kind.check_data, kind.augmentation(cfg))
         self.labelled, self.main = ref.labelled, engine.is_main  # rank 0 writes
         self.log_path = out / "metrics.jsonl"
         self.epoch = self.iteration = self.step = 0  # epochs and batches done; batches in all

@@ -46,6 +46,16 @@ def evaluate(
     set_: SetOpt = None,
     data_root: DataRootOpt = None,
     strict: StrictOpt = False,
+    label_free: Annotated[
+        bool,
+        typer.Option(
+            "--label-free",
+            help="Score without labels, on the training images of the model's dataset (an "
+            "unlabelled folder works): how often an edited copy of an image finds it, and how "
+            "much of its neighbourhood survives the edit (udml_cli/selection.py). With a run "
+            "folder, ranks its checkpoints by it.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint, or a pretrained backbone (the starting point to beat).
@@ -54,6 +64,7 @@ def evaluate(
     udml eval --checkpoint runs/cub/last.pt  (or: udml eval runs/cub/last.pt)
     udml eval runs/cub                       # every epoch_NNNN.pt of the run, one table
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
+    udml eval runs/photos --label-free       # no labels: rank checkpoints on your own images
     """
     from udml_cli import api
     from udml_cli.config import load_config, model_flags
@@ -69,7 +80,18 @@ def evaluate(
     flags = model_flags(backbone, weights, device, image_size, **dotted)
     cfg = load_config(config, set_, flags)
     if checkpoint is not None and checkpoint.is_dir():
-        _evaluate_run(checkpoint, cfg, dataset, data_root, split, as_json)
+        run = _label_free_run if label_free else _evaluate_run
+        run(checkpoint, cfg, dataset, data_root, split, as_json)
+        return
+    if label_free:
+        console.print(
+            f"eval: loading {checkpoint or f'{cfg.model.backbone} ({cfg.model.weights})'} …"
+        )
+        with progress() as bar:
+            result = api.label_free(cfg, checkpoint, backbone, dataset, data_root, "train", bar)
+        _label_free_table([result], None, f"{result['model']} on {result['dataset']}/train")
+        if as_json:
+            emit_json(result)
         return
     # something on stderr before the seconds of loading that come before the first bar
     console.print(f"eval: loading {checkpoint or f'{cfg.model.backbone} ({cfg.model.weights})'} …")
@@ -107,6 +129,42 @@ def _evaluate_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool)
         emit_json(
             {"run": str(run), "split": split, "best_r1": rows[best]["model"], "checkpoints": rows}
         )
+
+
+LABEL_FREE = [("score", "score"), ("copy_r1", "copy R@1"), ("copy_mrr", "copy MRR"),
+              ("knn_overlap", "10-NN kept")]  # fmt: skip
+
+
+def _label_free_table(rows: list[dict], best: int | None, title: str) -> None:
+    table = Table(title=title)
+    if len(rows) > 1:
+        table.add_column("checkpoint")
+    for _, name in LABEL_FREE:
+        table.add_column(name, justify="right")
+    for i, r in enumerate(rows):
+        cells = [("–" if r[k] is None else f"{100 * r[k]:.2f}") for k, _ in LABEL_FREE]
+        name = [Path(r["model"]).name + (" *" if i == best else "")] if len(rows) > 1 else []
+        table.add_row(*name, *cells)
+    console.print(table)
+    console.print(
+        f"label-free, percent, on {rows[0]['images']} training images and one edited copy of "
+        "each (no labels used)"
+    )
+
+
+def _label_free_run(run: Path, cfg, dataset, data_root, split: str, as_json: bool) -> None:
+    from udml_cli import api
+    from udml_cli.runs import run_checkpoints
+
+    paths = run_checkpoints(run)
+    console.print(f"eval: {len(paths)} checkpoints of {run}, label-free …")
+    with progress() as bar:
+        rows, best = api.evaluate_run(run, cfg, dataset, data_root, split, bar, paths,
+                                      label_free_only=True)  # fmt: skip
+    _label_free_table(rows, best, f"{run}: {len(rows)} checkpoints, label-free")
+    console.print(f"* highest label-free score: {Path(rows[best]['model']).name}")
+    if as_json:
+        emit_json({"run": str(run), "best_label_free": rows[best]["model"], "checkpoints": rows})
 
 
 def render_metrics(result: dict, title: str | None = None) -> None:

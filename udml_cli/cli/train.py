@@ -154,6 +154,15 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
     )
     if summary["mean_loss"] is not None:
         console.print(f"last epoch mean loss {summary['mean_loss']:.4f}; last step {losses}")
+    free = summary.get("label_free") or []
+    if len(free) > 1:
+        best = max(free, key=lambda e: e[1])
+        console.print(
+            f"label-free score (edited copies found, neighbourhoods kept; no labels): "
+            f"{free[0][1]:.4f} at epoch {free[0][0]} → {free[-1][1]:.4f} at epoch {free[-1][0]}; "
+            f"highest {best[1]:.4f} at epoch {best[0]} (`udml eval RUN --label-free` ranks "
+            "the checkpoints)"
+        )
     end, start = summary["end"], summary["start"]
     if end is None:
         return

@@ -17,8 +17,9 @@ from udml_cli.fileio import atomic_write_text
 
 
 class TrainingImages:
-    def __init__(self, cfg, samples, check) -> None:
+    def __init__(self, cfg, samples, check, augment=None) -> None:
         self.cfg, self.check = cfg, check  # ``check(cfg, n)``: the method's check of the data
+        self.augment = augment or train_transform(cfg.data)  # PIL → the view of a batch
         self.skipped: list[str] = []  # relative paths, left out
         self._use(samples)
 
@@ -28,7 +29,7 @@ class TrainingImages:
         self.plain = ImageDataset(
             samples, eval_transform(cfg.data), cache_size=cache, size=cfg.data.image_size
         )
-        self.augmented = SeededImages(samples, train_transform(cfg.data))
+        self.augmented = SeededImages(samples, self.augment)
         self.augmented.cache = self.plain.cache
 
     def __len__(self) -> int:

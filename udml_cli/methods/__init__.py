@@ -13,6 +13,7 @@ METHODS: Registry = Registry(
     {
         "udml-ss": "udml_cli.methods.udml_ss:UdmlSS",
         "stml": "udml_cli.methods.stml:Stml",
+        "invariance": "udml_cli.methods.invariance:Invariance",
     },
 )
 

@@ -9,7 +9,8 @@ extraction, the metrics log).
 What a method says, in the order the loop needs it:
 - class level: ``name``, ``sections`` (the config keys it reads beyond the shared
   ones), ``losses`` (the loss parts its step returns, in the order logs and the report show
-  them), ``check_config`` (settings no data can fix), ``heads`` (modules it adds to the network,
+  them), ``check_config`` (settings no data can fix), ``augmentation`` (how views are made),
+  ``heads`` (modules it adds to the network,
   saved with it), ``checkpoint_fields`` (what a resumable checkpoint of it holds), ``adapt``
   and ``check_data`` (settings that follow from the data, or that it makes impossible);
 - per run: ``head_parameters`` and ``param_groups`` (its heads'
@@ -75,6 +76,15 @@ class Method(ABC):
     def check_data(cls, cfg, n_train: int) -> None:
         """Raise ``UsageError`` for settings these ``n_train`` images make impossible."""
         return None
+
+    @classmethod
+    def augmentation(cls, cfg):
+        """The transform that makes a batch's views of an image (PIL → [0, 1] tensor, drawing
+        from torch's RNG): the paper's random-resized crop and flip unless the method edits
+        otherwise."""
+        from udml_cli.data.transforms import train_transform
+
+        return train_transform(cfg.data)
 
     @classmethod
     def check_checkpoint(cls, payload: dict) -> str | None:

@@ -1,0 +1,68 @@
+"""Label-free model selection: the scores by hand, logged per evaluation, ranked by eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from udml_cli.selection import copy_scores, sample_rows
+
+
+def test_copy_scores_by_hand():
+    x = np.eye(4, dtype=np.float32)  # four originals, orthogonal
+    y = np.array([[1, 0, 0, 0],  # copy 0: its own original first
+                  [0, 0.6, 0.8, 0],  # copy 1: original 2 first, its own second
+                  [0, 0, 1, 0],
+                  [0.8, 0, 0, 0.6]], dtype=np.float32)  # copy 3: own second  # fmt: skip
+    s = copy_scores(x, y, knn=1)
+    assert s["copy_r1"] == pytest.approx(0.5)
+    assert s["copy_mrr"] == pytest.approx((1 + 0.5 + 1 + 0.5) / 4)
+    # 1-NN of each original among the others: all ties at 0 → the lowest other index (0→1,
+    # 1→0, 2→0, 3→0); of each copy (own row excluded): 0→1 (ties), 1→2, 2→0, 3→0
+    assert s["knn_overlap"] == pytest.approx(3 / 4)
+    assert s["score"] == pytest.approx(np.mean([0.5, 0.75, 0.75]))
+
+
+def test_the_sample_is_fixed_and_bounded():
+    assert sample_rows(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    a, b = sample_rows(1000, 50, 3), sample_rows(1000, 50, 3)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 50 and np.all(np.diff(a) > 0)
+
+
+def test_training_logs_label_free_scores_and_eval_ranks_checkpoints(cli, layout, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "2",
+            "--set", "train.eval_step=1", "--set", "train.save_step=1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "label-free score" in r.err
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["event"] == "eval"]
+    assert len(evals) == 3  # start, epoch 1, end
+    for e in evals:
+        lf = e["label_free"]
+        assert 0 <= lf["copy_r1"] <= 1 and lf["images"] > 10
+        assert lf["score"] == pytest.approx((lf["copy_r1"] + lf["copy_mrr"] + lf["knn_overlap"]) / 3)
+    r = cli("eval", out, "--label-free", "--json")
+    assert r.code == 0, r.err
+    ranked = json.loads(r.out)
+    scores = [c["score"] for c in ranked["checkpoints"]]
+    assert ranked["best_label_free"] == ranked["checkpoints"][int(np.argmax(scores))]["model"]
+    # the last checkpoint scored again gives what training logged at the end (same copies)
+    last = [c for c in ranked["checkpoints"] if c["model"].endswith("epoch_0002.pt")][0]
+    assert last["score"] == pytest.approx(evals[-1]["label_free"]["score"], abs=1e-6)
+
+
+def test_label_free_needs_no_labels(cli, tmp_path):
+    from conftest import write_image
+
+    folder = tmp_path / "photos"
+    for i in range(12):
+        write_image(folder / f"p{i:02d}.png", (20 * i, 255 - 20 * i, 90), seed=i)
+    r = cli("eval", "--backbone", "tiny-test", "--weights", "none", "--dataset", folder,
+            "--image-size", "16", "--label-free", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["images"] == 12 and result["split"] == "train" and 0 <= result["score"] <= 1

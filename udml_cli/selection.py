@@ -1,0 +1,92 @@
+"""Label-free model selection: scores computed on a collection's own images, no labels, so a
+user can choose a layer, a checkpoint or a method without R@1.
+
+For a fixed sample of the images (the same draw for every model scored: comparable numbers), one
+edited copy of each (``data/edits.CopyEdits``: crop, flip, colour, greyscale, blur, rotation,
+JPEG; the same copies for every model) is embedded with the originals:
+- ``copy_r1``: the fraction of copies whose nearest original is their own;
+- ``copy_mrr``: the mean reciprocal rank of the own original among the sampled originals;
+- ``knn_overlap``: the mean overlap of each original's 10 nearest originals with its copy's
+  10 nearest originals (the neighbourhood a user browses survives the edit).
+``score`` (the one to rank by) is their mean.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from udml_cli.data.edits import CopyEdits
+from udml_cli.data.images import FAILED, ImageDataset
+
+KNN = 10
+
+
+class _Copies(ImageDataset):
+    """Image ``i`` edited with the seed ``seeds[i]``."""
+
+    def __init__(self, samples, seeds, size: int, cache=None) -> None:
+        super().__init__(samples, CopyEdits(size), size=size)
+        self.seeds, self.cache = seeds, cache
+
+    def __getitem__(self, i: int):
+        torch.manual_seed(int(self.seeds[i]))
+        return super().__getitem__(i)
+
+
+def sample_rows(n: int, count: int, seed: int) -> np.ndarray:
+    """The rows scored: ``count`` of ``n`` (all when fewer), the same for every model."""
+    if n <= count:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 11]).choice(n, count, replace=False))
+
+
+def label_free_scores(model, cfg, plain: ImageDataset, engine, progress=None,
+                      where: str = "train") -> dict:  # fmt: skip
+    """The label-free scores of ``model`` on the images of ``plain`` (the centre-crop view, as
+    evaluation sees them), over ``cfg.eval.label_free`` of them."""
+    from udml_cli.engine import extract
+
+    start = time.perf_counter()
+    rows = sample_rows(len(plain), cfg.eval.label_free, cfg.cluster.seed)
+    samples = [plain.samples[i] for i in rows]
+    cache = [plain.cache[i] for i in rows] if plain.cache is not None else None
+    originals = ImageDataset(samples, plain.transform, size=plain.size)
+    originals.cache = cache
+    seeds = np.random.default_rng([cfg.cluster.seed, 12]).integers(0, 2**31, len(rows))
+    copies = _Copies(samples, seeds, cfg.data.image_size, cache)
+    model = engine.prepare_model(model).eval()
+    with torch.no_grad():
+        x, kx = extract(model.embed, originals, engine, cfg.eval.batch_size,
+                        f"label-free score: {where} originals", progress)  # fmt: skip
+        y, ky = extract(model.embed, copies, engine, cfg.eval.batch_size,
+                        f"label-free score: {where} copies", progress)  # fmt: skip
+    ok = (kx != FAILED) & (ky != FAILED)
+    scores = copy_scores(x[ok], y[ok])
+    scores.update(images=int(ok.sum()), seconds=round(time.perf_counter() - start, 3))
+    return scores
+
+
+def copy_scores(x: np.ndarray, y: np.ndarray, knn: int = KNN) -> dict:
+    """The scores of originals ``x`` and their copies ``y`` (row i of each: one image),
+    L2-normalised rows."""
+    n = len(x)
+    if n < 2:
+        return {"score": None, "copy_r1": None, "copy_mrr": None, "knn_overlap": None}
+    sim = torch.from_numpy(y @ x.T).double()  # copy i against every original
+    own = sim.diagonal()
+    rank = 1 + (sim > own[:, None]).sum(1)  # ties in the copy's favour
+    k = min(knn, n - 1)
+    xx = torch.from_numpy(x @ x.T).double().fill_diagonal_(-np.inf)
+    yx = sim.clone().fill_diagonal_(-np.inf)
+    a, b = xx.topk(k, dim=1).indices, yx.topk(k, dim=1).indices
+    overlap = [len(set(a[i].tolist()) & set(b[i].tolist())) / k for i in range(n)]
+    out = {
+        "copy_r1": float((rank == 1).double().mean()),
+        "copy_mrr": float((1.0 / rank.double()).mean()),
+        "knn_overlap": float(np.mean(overlap)),
+    }
+    out["score"] = float(np.mean(list(out.values())))
+    return out
