@@ -177,6 +177,22 @@ def test_stml_in_two_processes_follows_one(layout, tmp_path):
     torch.testing.assert_close(_weights(one)["neighbours"], _weights(two)["neighbours"])
 
 
+def test_invariance_in_two_processes_follows_one(layout, tmp_path):
+    """The invariance method gathers its views view by view, with pseudo-classes and the
+    entropy term on: two processes give the single-process curve and weights."""
+    inv = ["--set", "train.method=invariance", "--set", "invariance.cluster_weight=0.5",
+           "--set", "invariance.entropy_weight=0.1"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(layout, one, *inv, "--epochs", "2")
+    _train(layout, two, *inv, "--epochs", "2", "--nproc", "2")
+    a, b = _losses(one), _losses(two)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
+    for key, value in _weights(one)["model"].items():
+        torch.testing.assert_close(_weights(two)["model"][key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_the_launcher_reports_a_failure_once():
     from types import SimpleNamespace as Failure
 

@@ -44,7 +44,9 @@ def test_training_logs_label_free_scores_and_eval_ranks_checkpoints(cli, layout,
     for e in evals:
         lf = e["label_free"]
         assert 0 <= lf["copy_r1"] <= 1 and lf["images"] > 10
-        assert lf["score"] == pytest.approx((lf["copy_r1"] + lf["copy_mrr"] + lf["knn_overlap"]) / 3)
+        assert lf["score"] == pytest.approx(
+            (lf["copy_r1"] + lf["copy_mrr"] + lf["knn_overlap"]) / 3
+        )
     r = cli("eval", out, "--label-free", "--json")
     assert r.code == 0, r.err
     ranked = json.loads(r.out)

@@ -47,9 +47,19 @@ def label_free_scores(model, cfg, plain: ImageDataset, engine, progress=None,
                       where: str = "train") -> dict:  # fmt: skip
     """The label-free scores of ``model`` on the images of ``plain`` (the centre-crop view, as
     evaluation sees them), over ``cfg.eval.label_free`` of them."""
+    start = time.perf_counter()
+    x, y = copy_embeddings(model, cfg, plain, engine, progress, where)
+    scores = copy_scores(x, y)
+    scores.update(images=len(x), seconds=round(time.perf_counter() - start, 3))
+    return scores
+
+
+def copy_embeddings(model, cfg, plain: ImageDataset, engine, progress=None, where: str = "train",
+                    forward: str = "embed"):  # fmt: skip
+    """``(originals, copies)``: the rows ``label_free_scores`` compares (the readable images of
+    the sample; ``forward``: the model's method that maps images to rows)."""
     from udml_cli.engine import extract
 
-    start = time.perf_counter()
     rows = sample_rows(len(plain), cfg.eval.label_free, cfg.cluster.seed)
     samples = [plain.samples[i] for i in rows]
     cache = [plain.cache[i] for i in rows] if plain.cache is not None else None
@@ -58,15 +68,14 @@ def label_free_scores(model, cfg, plain: ImageDataset, engine, progress=None,
     seeds = np.random.default_rng([cfg.cluster.seed, 12]).integers(0, 2**31, len(rows))
     copies = _Copies(samples, seeds, cfg.data.image_size, cache)
     model = engine.prepare_model(model).eval()
+    run = getattr(model, forward)
     with torch.no_grad():
-        x, kx = extract(model.embed, originals, engine, cfg.eval.batch_size,
+        x, kx = extract(run, originals, engine, cfg.eval.batch_size,
                         f"label-free score: {where} originals", progress)  # fmt: skip
-        y, ky = extract(model.embed, copies, engine, cfg.eval.batch_size,
+        y, ky = extract(run, copies, engine, cfg.eval.batch_size,
                         f"label-free score: {where} copies", progress)  # fmt: skip
     ok = (kx != FAILED) & (ky != FAILED)
-    scores = copy_scores(x[ok], y[ok])
-    scores.update(images=int(ok.sum()), seconds=round(time.perf_counter() - start, 3))
-    return scores
+    return x[ok], y[ok]
 
 
 def copy_scores(x: np.ndarray, y: np.ndarray, knn: int = KNN) -> dict:

@@ -1,0 +1,136 @@
+"""Baselines a user computes in a minute, against the pretrained start, on each set's held-out
+classes: raw pixels (the image squashed to S×S, flattened, L2-normalised; also mean-centred),
+the start's final pooled feature, and every stage of the start alone (average- and GeM-pooled).
+For each variant also the label-free score (udml_cli/selection.py, on the training images) and,
+across the variants, its rank correlation with R@1: can a user without labels pick the layer?
+    python benchmarks/baselines.py [--datasets emoji fashion-mnist]
+Writes results/baselines-<dataset>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, Results
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def part_sizes(model) -> list[int]:
+    """Channels of each pooled part of a ``Descriptor`` backbone (stages in order, then last)."""
+    import torch
+
+    desc, sizes = model.backbone, {}
+    hooks = [desc.body.get_submodule(p).register_forward_hook(
+        lambda m, a, o, i=i: sizes.__setitem__(i, o.shape[1])) for i, p in enumerate(desc.paths)]  # fmt: skip
+    with torch.no_grad():
+        total = desc(torch.zeros(1, 3, 64, 64)).shape[1]
+    for h in hooks:
+        h.remove()
+    out = [sizes[i] for i in range(len(desc.paths))]
+    return out + ([total - sum(out)] if desc.last else [])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
+    ap.add_argument("--pixels", nargs="+", type=int, default=[16, 32])
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from udml_cli.config import load_config
+    from udml_cli.data.images import ImageDataset
+    from udml_cli.data.layout import read_split
+    from udml_cli.data.registry import resolve_dataset
+    from udml_cli.data.transforms import Squash, eval_transform
+    from udml_cli.engine import extract, resolve_engine
+    from udml_cli.metrics import evaluate_embeddings
+    from udml_cli.models.backbones import create_backbone
+    from udml_cli.models.net import build_model
+    from udml_cli.selection import copy_embeddings, copy_scores
+
+    for dataset in args.datasets:
+        res = Results(f"baselines-{dataset}")
+        cfg = load_config(ROOT / "templates" / TEMPLATES[dataset])
+        ref = resolve_dataset(cfg.data.dataset)
+        engine = resolve_engine(cfg.engine)
+        test = read_split(ref, "test")
+        labels = np.array([s.label for s in test])
+        train = ImageDataset(read_split(ref, "train"), eval_transform(cfg.data),
+                             size=cfg.data.image_size)  # fmt: skip
+        rows: list[dict] = []
+
+        def score(name: str, x, free=None, seconds=0.0):
+            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+            m = evaluate_embeddings(x, labels, [1, 2, 4, 8], seed=cfg.cluster.seed)
+            row = {"variant": name, "R@1": 100 * m["recall_at"]["1"], "NMI": 100 * m["nmi"],
+                   "MAP@R": 100 * m["map_at_r"], "dim": int(x.shape[1]),
+                   "label_free": None if free is None else 100 * free["score"],
+                   "seconds": round(seconds, 1)}  # fmt: skip
+            rows.append(row)
+            print(f"{dataset} {row}", file=sys.stderr, flush=True)
+
+        for s in args.pixels:  # raw pixels
+            t0 = time.perf_counter()
+            x, _ = extract(lambda im: im.flatten(1), ImageDataset(test, Squash(s), size=s),
+                           engine, 256)  # fmt: skip
+            score(f"raw pixels {s}x{s}", x, seconds=time.perf_counter() - t0)
+            score(f"raw pixels {s}x{s}, centred", x - x.mean(0))
+        stages = list(create_backbone(cfg.model.backbone, "none", quiet=True).stages)
+        for pool in ("avg", "gem"):
+            t0 = time.perf_counter()
+            mcfg = cfg.model.model_copy(update={"layers": [*stages, "last"], "pool": pool})
+            model = build_model(mcfg, head=False, quiet=True).eval()
+            x, _ = extract(model.features, ImageDataset(test, eval_transform(cfg.data),
+                           size=cfg.data.image_size), engine, 128)  # fmt: skip
+            ox, cx = copy_embeddings(model, cfg, train, engine, forward="features")
+            seconds = time.perf_counter() - t0
+            at = 0
+            for name, size in zip([*stages, "last"], part_sizes(model), strict=True):
+                part = slice(at, at + size)
+                at += size
+                free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,
+                                   keepdims=True).clip(1e-12) for v in (ox, cx)))  # fmt: skip
+                score(f"start {name} ({pool})", x[:, part], free, seconds)
+        start = [r for r in rows if r["label_free"] is not None]
+        rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
+        best_free = max(start, key=lambda r: r["label_free"])
+        best = max(start, key=lambda r: r["R@1"])
+        for r in rows:
+            base = next(x for x in rows if x["variant"] == "start last (avg)")["R@1"]
+            res.add(r["variant"], "R@1", r["R@1"], base, higher_is_better=True, unit="%")
+            res.records[-1].update({k: r[k] for k in ("NMI", "MAP@R", "dim", "label_free")})
+        res.add("label-free vs R@1 over the start's layers", "spearman", rho)
+        res.add("layer picked by the label-free score", best_free["variant"], best_free["R@1"],
+                best["R@1"], higher_is_better=True, unit="%")  # fmt: skip
+        res.write()
+        lines = [
+            "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            free = "" if r["label_free"] is None else f"{r['label_free']:.2f}"
+            lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {r['NMI']:.2f} | "
+                         f"{r['MAP@R']:.2f} | {free} |")  # fmt: skip
+        lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
+                     f"{rho:.2f}; the label-free pick: {best_free['variant']} "
+                     f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip
+        (RESULTS / f"baselines-{dataset}.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
