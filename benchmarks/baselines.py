@@ -48,7 +48,11 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
     ap.add_argument("--pixels", nargs="+", type=int, default=[16, 32])
     args = ap.parse_args()
+    for dataset in args.datasets:
+        run_dataset(dataset, args.pixels)
 
+
+def run_dataset(dataset: str, pixels: list[int]) -> None:
     import numpy as np
 
     from udml_cli.config import load_config
@@ -62,74 +66,73 @@ def main() -> None:
     from udml_cli.models.net import build_model
     from udml_cli.selection import copy_embeddings, copy_scores
 
-    for dataset in args.datasets:
-        res = Results(f"baselines-{dataset}")
-        cfg = load_config(ROOT / "templates" / TEMPLATES[dataset])
-        ref = resolve_dataset(cfg.data.dataset)
-        engine = resolve_engine(cfg.engine)
-        test = read_split(ref, "test")
-        labels = np.array([s.label for s in test])
-        train = ImageDataset(read_split(ref, "train"), eval_transform(cfg.data),
-                             size=cfg.data.image_size)  # fmt: skip
-        rows: list[dict] = []
+    res = Results(f"baselines-{dataset}")
+    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset])
+    ref = resolve_dataset(cfg.data.dataset)
+    engine = resolve_engine(cfg.engine)
+    test = read_split(ref, "test")
+    labels = np.array([s.label for s in test])
+    train = ImageDataset(read_split(ref, "train"), eval_transform(cfg.data),
+                         size=cfg.data.image_size)  # fmt: skip
+    rows: list[dict] = []
 
-        def score(name: str, x, free=None, seconds=0.0):
-            x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-            m = evaluate_embeddings(x, labels, [1, 2, 4, 8], seed=cfg.cluster.seed)
-            row = {"variant": name, "R@1": 100 * m["recall_at"]["1"], "NMI": 100 * m["nmi"],
-                   "MAP@R": 100 * m["map_at_r"], "dim": int(x.shape[1]),
-                   "label_free": None if free is None else 100 * free["score"],
-                   "seconds": round(seconds, 1)}  # fmt: skip
-            rows.append(row)
-            print(f"{dataset} {row}", file=sys.stderr, flush=True)
+    def score(name: str, x, free=None, seconds=0.0):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        m = evaluate_embeddings(x, labels, [1, 2, 4, 8], seed=cfg.cluster.seed)
+        row = {"variant": name, "R@1": 100 * m["recall_at"]["1"], "NMI": 100 * m["nmi"],
+               "MAP@R": 100 * m["map_at_r"], "dim": int(x.shape[1]),
+               "label_free": None if free is None else 100 * free["score"],
+               "seconds": round(seconds, 1)}  # fmt: skip
+        rows.append(row)
+        print(f"{dataset} {row}", file=sys.stderr, flush=True)
 
-        for s in args.pixels:  # raw pixels
-            t0 = time.perf_counter()
-            x, _ = extract(lambda im: im.flatten(1), ImageDataset(test, Squash(s), size=s),
-                           engine, 256)  # fmt: skip
-            score(f"raw pixels {s}x{s}", x, seconds=time.perf_counter() - t0)
-            score(f"raw pixels {s}x{s}, centred", x - x.mean(0))
-        stages = list(create_backbone(cfg.model.backbone, "none", quiet=True).stages)
-        for pool in ("avg", "gem"):
-            t0 = time.perf_counter()
-            mcfg = cfg.model.model_copy(update={"layers": [*stages, "last"], "pool": pool})
-            model = build_model(mcfg, head=False, quiet=True).eval()
-            x, _ = extract(model.features, ImageDataset(test, eval_transform(cfg.data),
-                           size=cfg.data.image_size), engine, 128)  # fmt: skip
-            ox, cx = copy_embeddings(model, cfg, train, engine, forward="features")
-            seconds = time.perf_counter() - t0
-            at = 0
-            for name, size in zip([*stages, "last"], part_sizes(model), strict=True):
-                part = slice(at, at + size)
-                at += size
-                free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,
-                                   keepdims=True).clip(1e-12) for v in (ox, cx)))  # fmt: skip
-                score(f"start {name} ({pool})", x[:, part], free, seconds)
-        start = [r for r in rows if r["label_free"] is not None]
-        rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
-        best_free = max(start, key=lambda r: r["label_free"])
-        best = max(start, key=lambda r: r["R@1"])
-        for r in rows:
-            base = next(x for x in rows if x["variant"] == "start last (avg)")["R@1"]
-            res.add(r["variant"], "R@1", r["R@1"], base, higher_is_better=True, unit="%")
-            res.records[-1].update({k: r[k] for k in ("NMI", "MAP@R", "dim", "label_free")})
-        res.add("label-free vs R@1 over the start's layers", "spearman", rho)
-        res.add("layer picked by the label-free score", best_free["variant"], best_free["R@1"],
-                best["R@1"], higher_is_better=True, unit="%")  # fmt: skip
-        res.write()
-        lines = [
-            "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in rows:
-            free = "" if r["label_free"] is None else f"{r['label_free']:.2f}"
-            lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {r['NMI']:.2f} | "
-                         f"{r['MAP@R']:.2f} | {free} |")  # fmt: skip
-        lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
-                     f"{rho:.2f}; the label-free pick: {best_free['variant']} "
-                     f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip
-        (RESULTS / f"baselines-{dataset}.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+    for s in pixels:  # raw pixels
+        t0 = time.perf_counter()
+        x, _ = extract(lambda im: im.flatten(1), ImageDataset(test, Squash(s), size=s),
+                       engine, 256)  # fmt: skip
+        score(f"raw pixels {s}x{s}", x, seconds=time.perf_counter() - t0)
+        score(f"raw pixels {s}x{s}, centred", x - x.mean(0))
+    stages = list(create_backbone(cfg.model.backbone, "none", quiet=True).stages)
+    for pool in ("avg", "gem"):
+        t0 = time.perf_counter()
+        mcfg = cfg.model.model_copy(update={"layers": [*stages, "last"], "pool": pool})
+        model = build_model(mcfg, head=False, quiet=True).eval()
+        x, _ = extract(model.features, ImageDataset(test, eval_transform(cfg.data),
+                       size=cfg.data.image_size), engine, 128)  # fmt: skip
+        ox, cx = copy_embeddings(model, cfg, train, engine, forward="features")
+        seconds = time.perf_counter() - t0
+        at = 0
+        for name, size in zip([*stages, "last"], part_sizes(model), strict=True):
+            part = slice(at, at + size)
+            at += size
+            free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,
+                               keepdims=True).clip(1e-12) for v in (ox, cx)))  # fmt: skip
+            score(f"start {name} ({pool})", x[:, part], free, seconds)
+    start = [r for r in rows if r["label_free"] is not None]
+    rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
+    best_free = max(start, key=lambda r: r["label_free"])
+    best = max(start, key=lambda r: r["R@1"])
+    for r in rows:
+        base = next(x for x in rows if x["variant"] == "start last (avg)")["R@1"]
+        res.add(r["variant"], "R@1", r["R@1"], base, higher_is_better=True, unit="%")
+        res.records[-1].update({k: r[k] for k in ("NMI", "MAP@R", "dim", "label_free")})
+    res.add("label-free vs R@1 over the start's layers", "spearman", rho)
+    res.add("layer picked by the label-free score", best_free["variant"], best_free["R@1"],
+            best["R@1"], higher_is_better=True, unit="%")  # fmt: skip
+    res.write()
+    lines = [
+        "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        free = "" if r["label_free"] is None else f"{r['label_free']:.2f}"
+        lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {r['NMI']:.2f} | "
+                     f"{r['MAP@R']:.2f} | {free} |")  # fmt: skip
+    lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
+                 f"{rho:.2f}; the label-free pick: {best_free['variant']} "
+                 f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip
+    (RESULTS / f"baselines-{dataset}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

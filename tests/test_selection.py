@@ -53,7 +53,7 @@ def test_training_logs_label_free_scores_and_eval_ranks_checkpoints(cli, layout,
     scores = [c["score"] for c in ranked["checkpoints"]]
     assert ranked["best_label_free"] == ranked["checkpoints"][int(np.argmax(scores))]["model"]
     # the last checkpoint scored again gives what training logged at the end (same copies)
-    last = [c for c in ranked["checkpoints"] if c["model"].endswith("epoch_0002.pt")][0]
+    last = next(c for c in ranked["checkpoints"] if c["model"].endswith("epoch_0002.pt"))
     assert last["score"] == pytest.approx(evals[-1]["label_free"]["score"], abs=1e-6)
 
 
