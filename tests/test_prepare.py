@@ -175,3 +175,42 @@ def test_emoji_real(cli, tmp_path):
         s = report["splits"][split]
         assert s["min_per_class"] == s["max_per_class"] == 3
     assert (out / "subgroups.txt").is_file()
+
+
+def test_icons_from_a_stand_in_theme_tree(cli, tmp_path):
+    """Three themes in their real folder shapes; ``b`` is an alias of ``a`` in one theme (the
+    same file): dropped, so no two classes share a drawing; ``lonely`` is drawn by two themes."""
+    from conftest import write_image
+
+    root = tmp_path / "icons"
+    shapes = {"adwaita": "Adwaita/48x48/{ctx}", "mate": "mate/48x48/{ctx}",
+              "elementary": "elementary-xfce/{ctx}/48"}  # fmt: skip
+    names = ["a", "b", "c", "d", "e", "f", "g", "lonely"]
+    for t, (theme, shape) in enumerate(shapes.items()):
+        folder = root / shape.format(ctx="apps")
+        for i, name in enumerate(names):
+            if name == "lonely" and theme == "mate":
+                continue
+            if name == "b" and theme == "mate":
+                (folder / "b.png").symlink_to(folder / "a.png")
+                continue
+            write_image(folder / f"{name}.png", (30 * i, 200 - 20 * t, 90), size=48, seed=i + t)
+        write_image(folder / "x-symbolic.png", (0, 0, 0), size=48)  # symbolic: left out
+    out = tmp_path / "prepared"
+    r = cli("dataset", "prepare", "icons", "--source", root, "--out", out)
+    assert r.code == 0, r.err
+    rows = [
+        line.split()
+        for s in ("train", "test")
+        for line in (out / f"{s}.txt").read_text().splitlines()
+    ]
+    classes = {row[0].split("/")[1].split("_", 1)[1] for row in rows}
+    assert classes == {"a", "c", "d", "e", "f", "g"}  # b aliases a; lonely has 2 themes
+    assert len(rows) == 6 * 3 and all(len(row) == 3 for row in rows)
+    train = {row[1] for row in rows if row[0].startswith("train/")}
+    test = {row[1] for row in rows if row[0].startswith("test/")}
+    assert train and test and not train & test  # class-disjoint halves
+    assert (out / "contexts.txt").read_text() == "apps\n"
+    r = cli("dataset", "prepare", "icons", "--source", tmp_path / "nothing", "--out", tmp_path / "o2",
+            "--name", "other")  # fmt: skip
+    assert r.code != 0 and "apt-get install" in r.err

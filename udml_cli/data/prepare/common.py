@@ -29,6 +29,8 @@ KINDS: Registry[Kind] = Registry("dataset kind", {
     "fashion-mnist": Kind("fashion_mnist", "/usr/share/datasets/fashion-mnist",
                           "Fashion-MNIST IDX .gz files: classes 0-4 of train / 5-9 of t10k"),
     "emoji": Kind("emoji", None, "one emoji drawn by Twemoji, OpenMoji and Noto = one class"),
+    "icons": Kind("icons", "/usr/share/icons",
+                  "one icon name drawn by 3+ desktop icon themes (Debian packages) = one class"),
     "folder": Kind("folder", None, "any <class>/<images> tree: class-disjoint halves"),
 })  # fmt: skip
 
