@@ -211,6 +211,7 @@ def test_icons_from_a_stand_in_theme_tree(cli, tmp_path):
     test = {row[1] for row in rows if row[0].startswith("test/")}
     assert train and test and not train & test  # class-disjoint halves
     assert (out / "contexts.txt").read_text() == "apps\n"
+    (tmp_path / "nothing").mkdir()
     r = cli("dataset", "prepare", "icons", "--source", tmp_path / "nothing", "--out", tmp_path / "o2",
             "--name", "other")  # fmt: skip
     assert r.code != 0 and "apt-get install" in r.err
