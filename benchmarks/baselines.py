@@ -1,7 +1,8 @@
 """Baselines a user computes in a minute, against the pretrained start, on each set's held-out
 classes: raw pixels (the image squashed to S×S, flattened, L2-normalised; also mean-centred),
-the start's final pooled feature, and every stage of the start alone (average- and GeM-pooled;
-NMI for the final feature only: k-means with one cluster per class takes minutes).
+the start's final pooled feature, and every stage of the start alone (average- and GeM-pooled over
+the whole map, and average-pooled over a 4x4 grid of regions: ``model.grid``; NMI for the final
+feature only: k-means with one cluster per class takes minutes).
 For each variant also the label-free score (udml_cli/selection.py, on the training images) and,
 across the variants, its rank correlation with R@1: can a user without labels pick the layer?
     python benchmarks/baselines.py [--datasets emoji fashion-mnist]
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
+TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml", "icons": "demo.toml"}
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -5,7 +5,9 @@ subgroup as a second, coarser view). Writes benchmarks/results/quality-<dataset>
 table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over seeds) and the
 wall-clock of each run (training + scoring).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
-        [--modes UDML UDML-SS STML]
+        [--modes UDML UDML-SS STML INV INV+UDML]
+INV is the invariance method alone, INV+UDML with the UDML-SS Weight loss on pseudo-classes
+(both on the UDML-SS demo template's start, steps and learning rate).
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
 --out data/fashion-mnist --limit 6000`.
@@ -25,13 +27,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml"}
-STML_TEMPLATES = {"fashion-mnist": "stml-demo-fashion-mnist.toml", "emoji": "stml-demo.toml"}
-MODES = {"UDML": ["loss.rot_weight=0"], "UDML-SS": ["loss.rot_weight=0.1"], "STML": []}
+TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml",
+             "icons": "demo.toml"}  # fmt: skip
+STML_TEMPLATES = {"fashion-mnist": "stml-demo-fashion-mnist.toml", "emoji": "stml-demo.toml",
+                  "icons": "stml-demo.toml"}  # fmt: skip
+# the icon set (udml dataset prepare icons) runs the emoji recipes: 64 px pictograms, 3-6 per
+# class; k for its 621 training images as the emoji demo's 700 for 2,772
+DATASET_SETS = {"icons": ["data.dataset=icons", "cluster.num_clusters=160"]}
+INV = ["train.method=invariance", "train.head_lr=1e-5"]
+MODES = {
+    "UDML": ["loss.rot_weight=0"],
+    "UDML-SS": ["loss.rot_weight=0.1"],
+    "STML": [],
+    "INV": [*INV, "invariance.cluster_weight=0"],
+    "INV+UDML": [*INV, "invariance.cluster_weight=1"],
+}
 
 
 def template(dataset: str, mode: str) -> Path:
     return ROOT / "templates" / (STML_TEMPLATES if mode == "STML" else TEMPLATES)[dataset]
+
+
+def dataset_sets(dataset: str, mode: str) -> list[str]:
+    sets = list(DATASET_SETS.get(dataset, []))
+    if mode == "STML":  # no [cluster] section in STML's config
+        sets = [x for x in sets if not x.startswith("cluster.")]
+    return sets
 
 
 METRICS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
@@ -82,7 +103,8 @@ def main() -> None:
     for dataset in args.datasets:
         res = Results(f"{args.name}-{dataset}")
         table: dict[tuple, list[dict]] = {}
-        base = load_config(ROOT / "templates" / TEMPLATES[dataset], args.sets)
+        base = load_config(ROOT / "templates" / TEMPLATES[dataset],
+                           [*dataset_sets(dataset, "start"), *args.sets])  # fmt: skip
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
         start = build_model(base.model, head=False)
@@ -91,7 +113,8 @@ def main() -> None:
         table[(dataset, "start")] = [start_metrics]
         for mode in args.modes:
             for seed in args.seeds:
-                sets = [*args.sets, *MODES[mode], f"train.seed={seed}", f"cluster.seed={seed}",
+                sets = [*dataset_sets(dataset, mode), *args.sets, *MODES[mode],
+                        f"train.seed={seed}", f"cluster.seed={seed}",
                         "train.final_eval=false"]  # scored below, with the subgroup metrics  # fmt: skip
                 cfg = load_config(template(dataset, mode), sets)
                 t0 = time.perf_counter()

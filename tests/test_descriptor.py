@@ -116,3 +116,21 @@ def test_a_run_with_gem_and_stages_trains_saves_and_evaluates(cli, layout, tmp_p
     r = cli("eval", "--checkpoint", out / "last.pt", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["dim"] == 512
+
+
+def test_a_grid_pools_each_region_as_by_hand():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    plain = _tiny()
+    z = (x - plain.mean) / plain.std
+    conv1 = plain.backbone.body[:3](z)  # (2, 8, 8, 8): 2x2 regions of 4x4
+    regions = conv1.unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2))  # (2, 8, 2, 2)
+    model = _tiny(layers=["conv1"], grid=2)
+    assert model.feat_dim == 8 * 4
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), F.normalize(regions.flatten(1), dim=1))
+    gem = _tiny(layers=["conv1"], grid=2, pool="gem")
+    by_hand = conv1.clamp(min=1e-6).pow(3).unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2))
+    with torch.no_grad():
+        expected = F.normalize(by_hand.pow(1 / 3).flatten(1), dim=1)
+        torch.testing.assert_close(gem.features(x), expected)

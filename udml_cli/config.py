@@ -81,6 +81,11 @@ class ModelConfig(_Section):
         "'last' (the final feature) and/or the backbone's stages (e.g. 'block10' of "
         "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them)",
     )
+    grid: int = Field(
+        1, ge=1, le=8,
+        description="pool each stage of model.layers over a grid x grid of regions (layout "
+        "counts, as in raw pixels; 'last' stays global); 1: the whole map",
+    )  # fmt: skip
     head_init: Literal["random", "pca", "identity", "orthogonal"] = Field(
         "random",
         description="embedding head init: random (paper), PCA of the start features, identity "

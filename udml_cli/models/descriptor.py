@@ -5,6 +5,8 @@ average pooling with generalised-mean pooling (a learnable exponent p, starting 
 et al., TPAMI 2018). ``layers`` names the stages to pool (``Backbone.stages``: ``layer3`` of a
 ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature): each is pooled,
 L2-normalised, and the parts are concatenated, so every stage counts alike whatever its scale.
+``grid = g`` pools each named stage over a g×g grid of regions instead of the whole map (C·g²
+values: where things are in the picture counts, as in raw pixels; ``last`` stays global).
 The head then starts on that descriptor (``identity``/``pca`` start exactly at its metric).
 """
 
@@ -21,17 +23,20 @@ class GeM(nn.Module):
     """``(mean x^p)^(1/p)`` over the spatial positions (x clamped at ``eps``: maps after a ReLU
     are ≥ 0 already); shaped as ``AdaptiveAvgPool2d(1)``'s output, so it can take its place."""
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, grid: int = 1) -> None:
         super().__init__()
-        self.p, self.eps = nn.Parameter(torch.tensor(float(p))), eps
+        self.p, self.eps, self.grid = nn.Parameter(torch.tensor(float(p))), eps, grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.float()
-        return x.float().clamp(min=self.eps).pow(p).mean((2, 3), keepdim=True).pow(1.0 / p)
+        x = x.float().clamp(min=self.eps).pow(p)
+        pooled = x.mean((2, 3), keepdim=True) if self.grid == 1 else \
+            F.adaptive_avg_pool2d(x, self.grid)  # fmt: skip
+        return pooled.pow(1.0 / p)
 
 
-def _pool(kind: str) -> nn.Module:
-    return GeM() if kind == "gem" else nn.AdaptiveAvgPool2d(1)
+def _pool(kind: str, grid: int = 1) -> nn.Module:
+    return GeM(grid=grid) if kind == "gem" else nn.AdaptiveAvgPool2d(grid)
 
 
 def _use_gem_at_the_end(module: nn.Module, name: str) -> None:
@@ -52,10 +57,11 @@ class Descriptor(nn.Module):
     """Pools the named stages of ``body`` (and its final feature with ``last``), each part
     L2-normalised, concatenated."""
 
-    def __init__(self, body: nn.Module, paths: list[str], pool: str, last: bool) -> None:
+    def __init__(self, body: nn.Module, paths: list[str], pool: str, last: bool,
+                 grid: int = 1) -> None:  # fmt: skip
         super().__init__()
         self.body, self.paths, self.last = body, list(paths), last
-        self.pools = nn.ModuleList(_pool(pool) for _ in self.paths)
+        self.pools = nn.ModuleList(_pool(pool, grid) for _ in self.paths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps: dict[int, torch.Tensor] = {}
@@ -85,9 +91,9 @@ class Descriptor(nn.Module):
         return torch.cat(parts, 1)
 
 
-def describe(backbone, pool: str, layers: list[str], name: str):
-    """``backbone`` (``backbones.Backbone``) with the descriptor ``pool``/``layers`` ask for; the
-    plain backbone when they ask for its final average-pooled feature."""
+def describe(backbone, pool: str, layers: list[str], name: str, grid: int = 1):
+    """``backbone`` (``backbones.Backbone``) with the descriptor ``pool``/``layers``/``grid`` ask
+    for; the plain backbone when they ask for its final average-pooled feature."""
     from dataclasses import replace
 
     if pool == "gem" and "last" in layers:
@@ -99,7 +105,7 @@ def describe(backbone, pool: str, layers: list[str], name: str):
         valid = ", ".join([*backbone.stages, "last"]) or "last (this backbone names no stages)"
         raise UsageError(f"model.layers: {name} has no stage '{unknown[0]}' (valid: {valid})")
     paths = [backbone.stages[x] for x in layers if x != "last"]
-    module = Descriptor(backbone.module, paths, pool, "last" in layers)
+    module = Descriptor(backbone.module, paths, pool, "last" in layers, grid)
     was = module.training
     module.eval()
     with torch.no_grad():  # the stages' channel counts: one small forward

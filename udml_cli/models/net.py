@@ -76,7 +76,7 @@ def build_model(
     with ``quiet``: their weights come from the file); ``heads(feat_dim) -> {name: module}``:
     a training method's own heads (see ``build_network``)."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
-    backbone = describe(backbone, cfg.pool, cfg.layers, cfg.backbone)
+    backbone = describe(backbone, cfg.pool, cfg.layers, cfg.backbone, cfg.grid)
     return EmbeddingNet(backbone, cfg.dim if head else None, dropout=cfg.dropout,
                         heads=heads if head else None)  # fmt: skip
 
