@@ -69,7 +69,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
     from udml_cli.selection import copy_embeddings, copy_scores
 
     res = Results(f"baselines-{dataset}")
-    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset])
+    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], [f"data.dataset={dataset}"])
     ref = resolve_dataset(cfg.data.dataset)
     engine = resolve_engine(cfg.engine)
     test = read_split(ref, "test")

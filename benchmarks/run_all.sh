@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-run every benchmark (about 25 min of speed benchmarks + about 2 h of quality runs on 2 cores).
-# Prepares the two offline datasets the quality benchmark uses where they are not registered yet.
+# Prepares the three offline datasets the quality benchmark uses where they are not registered yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 registered() {
@@ -8,8 +8,15 @@ registered() {
 }
 registered emoji || udml dataset prepare emoji --out data/emoji --yes
 registered fashion-mnist || udml dataset prepare fashion-mnist --out data/fashion-mnist --limit 6000 --yes
+if ! registered icons; then  # the icon themes are Debian packages the tests do not need
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get install -y -qq --no-install-recommends adwaita-icon-theme gnome-icon-theme \
+    mate-icon-theme oxygen-icon-theme elementary-xfce-icon-theme tango-icon-theme >/dev/null
+  udml dataset prepare icons --out data/icons --yes
+fi
+python3 benchmarks/baselines.py --datasets emoji fashion-mnist icons
 python3 benchmarks/loss.py
 python3 benchmarks/eval_sop.py
 python3 benchmarks/kmeans.py
 python3 benchmarks/pipeline.py --dataset emoji
-python3 benchmarks/quality.py --datasets fashion-mnist emoji --seeds 0 1 2
+python3 benchmarks/quality.py --datasets fashion-mnist emoji icons --seeds 0 1 2

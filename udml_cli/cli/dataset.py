@@ -159,6 +159,7 @@ def prepare(
     sop            Stanford_Online_Products (Ebay_train.txt, Ebay_test.txt)
     fashion-mnist  IDX files (default: Debian's dataset-fashion-mnist): 0-4 / 5-9
     emoji          Twemoji + OpenMoji + Noto, same emoji = same class (offline)
+    icons          desktop icon themes (Debian packages), same icon name = same class
     folder         any <class>/<images> tree: class-disjoint halves
     """
     from udml_cli.data.prepare import prepare as run_prepare
