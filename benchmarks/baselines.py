@@ -96,9 +96,10 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
         score(f"raw pixels {s}x{s}", x, seconds=time.perf_counter() - t0)
         score(f"raw pixels {s}x{s}, centred", x - x.mean(0))
     stages = list(create_backbone(cfg.model.backbone, "none", quiet=True).stages)
-    for pool in ("avg", "gem"):
+    for pool, grid in (("avg", 1), ("gem", 1), ("avg", 4)):
         t0 = time.perf_counter()
-        mcfg = cfg.model.model_copy(update={"layers": [*stages, "last"], "pool": pool})
+        update = {"layers": [*stages, "last"], "pool": pool, "grid": grid}
+        mcfg = cfg.model.model_copy(update=update)
         model = build_model(mcfg, head=False, quiet=True).eval()
         x, _ = extract(model.features, ImageDataset(test, eval_transform(cfg.data),
                        size=cfg.data.image_size), engine, 128)  # fmt: skip
@@ -111,7 +112,10 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
             free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,
                                keepdims=True).clip(1e-12) for v in (ox, cx)))  # fmt: skip
             # NMI (k-means with one cluster per class) for the final feature only: minutes each
-            score(f"start {name} ({pool})", x[:, part], free, seconds, name == "last")
+            if grid > 1 and name == "last":
+                continue  # stays global: the (avg) row
+            variant = f"start {name} ({pool}{f', {grid}x{grid} grid' if grid > 1 else ''})"
+            score(variant, x[:, part], free, seconds, name == "last")
     start = [r for r in rows if r["label_free"] is not None]
     rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
     best_free = max(start, key=lambda r: r["label_free"])
