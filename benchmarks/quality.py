@@ -83,6 +83,25 @@ def score(model, cfg, ref, engine, t0: float, subgroups: bool) -> dict:
     return metrics
 
 
+def selection(run: Path) -> dict:
+    """With ``train.eval_step`` set: the R@1 of the evaluation the label-free score ranks
+    highest, the best R@1 of the run's evaluations, and the label-free score's rank correlation
+    with R@1 over them (the start included)."""
+    import json
+
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval" and "recall_at" in r and "label_free" in r]
+    if len(evals) < 2:
+        return {}
+    r1 = [100 * e["recall_at"]["1"] for e in evals]
+    free = [e["label_free"]["score"] for e in evals]
+    from scipy.stats import spearmanr
+
+    pick = max(range(len(evals)), key=lambda i: free[i])
+    return {"label-free pick R@1": r1[pick], "best eval R@1": max(r1),
+            "label-free rho": float(spearmanr(free, r1).statistic)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
@@ -121,7 +140,9 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     last = udml.train(Path(tmp) / "run", cfg)  # the same call as `udml train`
                     model, _ = udml.load_model(checkpoint=last)
+                    picked = selection(Path(tmp) / "run")
                 metrics = score(model, cfg, ref, engine, t0, subgroups)
+                metrics.update(picked)
                 table.setdefault((dataset, mode), []).append(metrics)
                 print(f"{dataset} {mode} seed {seed}: {metrics}", file=sys.stderr, flush=True)
         for (ds, mode), runs in table.items():
