@@ -74,35 +74,22 @@ def test_wrong_stage_names_are_one_line():
 
 @pytest.mark.parametrize("name", names())
 def test_every_backbone_pools_its_stages(name):
-    backbone = create_backbone(name, "none", quiet=True)
+    from udml_cli.models.descriptor import describe
+
+    backbone = create_backbone(name, "none", quiet=True)  # built once: some take seconds
     assert backbone.stages, f"{name} names no stages"
     stages = list(backbone.stages)
-    cfg = ModelConfig(backbone=name, weights="none", dim=8, layers=[stages[0], stages[-1]],
-                      pool="gem")  # fmt: skip
-    model = build_model(cfg, quiet=True).eval()
+    desc = describe(backbone, "gem", [stages[0], stages[-1]], name).module.eval()
+    sizes = {}
+    for i, path in enumerate(desc.paths):
+        desc.body.get_submodule(path).register_forward_hook(
+            lambda m, a, o, i=i: sizes.__setitem__(i, o.shape[1])
+        )
     with torch.no_grad():
-        feat = model.features(torch.rand(2, 3, 64, 64))
-    assert feat.shape == (2, model.feat_dim) and torch.isfinite(feat).all()
-    norms = [p.norm(dim=1) for p in _split(model, feat)]
-    for n in norms:
-        torch.testing.assert_close(n, torch.ones(2))
-
-
-def _split(model, feat):
-    """The descriptor's parts (each pooled stage), by the channel counts of its stages."""
-    desc = model.backbone
-    sizes, start = [], 0
-    maps = {}
-    hooks = [desc.body.get_submodule(p).register_forward_hook(
-        lambda m, a, o, i=i: maps.__setitem__(i, o.shape[1])) for i, p in enumerate(desc.paths)]  # fmt: skip
-    with torch.no_grad():
-        desc(torch.zeros(1, 3, 64, 64))
-    for h in hooks:
-        h.remove()
-    for i in range(len(desc.paths)):
-        sizes.append(feat[:, start : start + maps[i]])
-        start += maps[i]
-    return sizes
+        feat = desc(torch.rand(2, 3, 64, 64))
+    assert feat.shape == (2, sizes[0] + sizes[1]) and torch.isfinite(feat).all()
+    for part in feat.split([sizes[0], sizes[1]], dim=1):  # each stage's part L2-normalised
+        torch.testing.assert_close(part.norm(dim=1), torch.ones(2))
 
 
 def test_a_run_with_gem_and_stages_trains_saves_and_evaluates(cli, layout, tmp_path):
