@@ -30,21 +30,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def part_sizes(model) -> list[int]:
-    """Channels of each pooled part of a ``Descriptor`` backbone (stages in order, then last)."""
-    import torch
-
-    desc, sizes = model.backbone, {}
-    hooks = [desc.body.get_submodule(p).register_forward_hook(
-        lambda m, a, o, i=i: sizes.__setitem__(i, o.shape[1])) for i, p in enumerate(desc.paths)]  # fmt: skip
-    with torch.no_grad():
-        total = desc(torch.zeros(1, 3, 64, 64)).shape[1]
-    for h in hooks:
-        h.remove()
-    out = [sizes[i] for i in range(len(desc.paths))]
-    return out + ([total - sum(out)] if desc.last else [])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
@@ -106,7 +91,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
         ox, cx = copy_embeddings(model, cfg, train, engine, forward="features")
         seconds = time.perf_counter() - t0
         at = 0
-        for name, size in zip([*stages, "last"], part_sizes(model), strict=True):
+        for name, size in zip([*stages, "last"], model.backbone.part_sizes(), strict=True):
             part = slice(at, at + size)
             at += size
             free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,

@@ -68,3 +68,27 @@ def test_label_free_needs_no_labels(cli, tmp_path):
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert result["images"] == 12 and result["split"] == "train" and 0 <= result["score"] <= 1
+
+
+def test_each_layer_ranks_the_stages_and_its_last_row_is_the_plain_score(cli, tmp_path):
+    from conftest import write_image
+
+    folder = tmp_path / "photos"
+    for i in range(10):
+        write_image(folder / f"p{i:02d}.png", (25 * i, 250 - 25 * i, 60 + 10 * i), seed=i)
+    common = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--dataset", folder,
+              "--image-size", "32", "--label-free", "--json"]  # fmt: skip
+    r = cli("eval", *common, "--each-layer")
+    assert r.code == 0, r.err
+    rows = json.loads(r.out)["layers"]
+    assert {row["layer"] for row in rows} == {*(f"block{i}" for i in range(16)), "last"}
+    scores = [row["score"] for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    r = cli("eval", *common)  # the final feature alone, through the plain path
+    assert r.code == 0, r.err
+    plain = json.loads(r.out)
+    last = next(row for row in rows if row["layer"] == "last")
+    for key in ("copy_r1", "copy_mrr", "knn_overlap", "score"):
+        assert last[key] == pytest.approx(plain[key], abs=1e-6)
+    r = cli("eval", *common[:-2], "--each-layer")
+    assert r.code == 2 and "--each-layer goes with --label-free" in r.err

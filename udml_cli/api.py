@@ -212,10 +212,11 @@ def evaluate(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=
 
 
 def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=None,
-               data_root=None, split: str = "train", progress=None) -> dict:  # fmt: skip
+               data_root=None, split: str = "train", progress=None, each_layer: bool = False):  # fmt: skip
     """The label-free scores (``selection.py``) of a checkpoint, or of a backbone's start, on a
     split's own images (no labels needed: an unlabelled collection works); ``dataset``:
-    default the checkpoint's."""
+    default the checkpoint's. ``each_layer`` (a backbone's start only): a list, one row per
+    stage of the backbone alone, highest score first — which ``model.layers`` to use."""
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
     from udml_cli.data.transforms import eval_transform
@@ -228,6 +229,26 @@ def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, datase
     if cfg.eval.label_free < 2:
         raise UsageError("eval.label_free must be at least 2 images to score label-free")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if each_layer and checkpoint is not None:
+        raise UsageError(
+            "--each-layer scores the stages of a pretrained backbone: pass --backbone NAME, "
+            "not a checkpoint"
+        )
+    if each_layer:
+        from udml_cli.data.registry import resolve_dataset
+        from udml_cli.selection import each_layer as score_layers
+
+        if backbone is None:
+            raise UsageError("--each-layer needs --backbone NAME")
+        name = dataset or cfg.data.dataset
+        if name is None:
+            raise UsageError("no dataset: pass --dataset NAME or a folder")
+        ref = resolve_dataset(name, data_root or cfg.data.data_root)
+        plain = ImageDataset(read_split(ref, split), eval_transform(cfg.data),
+                             size=cfg.data.image_size)  # fmt: skip
+        rows = score_layers(cfg, plain, resolve_engine(cfg.engine), progress, f"{ref.name}/{split}")
+        model = f"{cfg.model.backbone}:{cfg.model.weights}"
+        return [r | {"dataset": ref.name, "split": split, "model": model} for r in rows]
     model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     plain = ImageDataset(read_split(ref, split), eval_transform(cfg.data), size=cfg.data.image_size)
     where = f"{ref.name}/{split}"

@@ -99,3 +99,29 @@ def copy_scores(x: np.ndarray, y: np.ndarray, knn: int = KNN) -> dict:
     }
     out["score"] = float(np.mean(list(out.values())))
     return out
+
+
+def each_layer(cfg, plain: ImageDataset, engine, progress=None, where: str = "train") -> list[dict]:
+    """The label-free scores of every stage of ``cfg.model``'s backbone (and ``last``), each
+    alone with ``cfg.model.pool`` and ``grid``, from one pass over the sample; highest first."""
+    from udml_cli.models.backbones import create_backbone
+    from udml_cli.models.descriptor import describe
+    from udml_cli.models.net import EmbeddingNet
+
+    m = cfg.model
+    backbone = create_backbone(m.backbone, m.weights)
+    names = [*backbone.stages, "last"]
+    model = EmbeddingNet(describe(backbone, m.pool, names, m.backbone, m.grid), None)
+    start = time.perf_counter()
+    x, y = copy_embeddings(model, cfg, plain, engine, progress, where, forward="features")
+    rows, at = [], 0
+    for name, size in zip(names, model.backbone.part_sizes(), strict=True):
+        part = slice(at, at + size)
+        at += size
+        unit = [v[:, part] / np.linalg.norm(v[:, part], axis=1, keepdims=True).clip(1e-12)
+                for v in (x, y)]  # fmt: skip
+        rows.append({"layer": name, **copy_scores(*unit), "images": len(x)})
+    seconds = round(time.perf_counter() - start, 3)
+    for r in rows:
+        r["seconds"] = seconds
+    return sorted(rows, key=lambda r: -1 if r["score"] is None else r["score"], reverse=True)

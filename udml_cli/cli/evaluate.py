@@ -56,6 +56,14 @@ def evaluate(
             "folder, ranks its checkpoints by it.",
         ),
     ] = False,
+    each_layer: Annotated[
+        bool,
+        typer.Option(
+            "--each-layer",
+            help="With --label-free and --backbone: score every stage of the backbone alone "
+            "(model.pool, model.grid as set), highest first: which model.layers to use.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a checkpoint, or a pretrained backbone (the starting point to beat).
@@ -65,6 +73,7 @@ def evaluate(
     udml eval runs/cub                       # every epoch_NNNN.pt of the run, one table
     udml eval --backbone efficientnet_lite0 --weights imagenet --dataset fashion-mnist --json
     udml eval runs/photos --label-free       # no labels: rank checkpoints on your own images
+    udml eval --backbone efficientnet_lite0 --dataset ~/photos --label-free --each-layer
     """
     from udml_cli import api
     from udml_cli.config import load_config, model_flags
@@ -82,6 +91,27 @@ def evaluate(
     if checkpoint is not None and checkpoint.is_dir():
         run = _label_free_run if label_free else _evaluate_run
         run(checkpoint, cfg, dataset, data_root, split, as_json)
+        return
+    if each_layer and not label_free:
+        raise UsageError("--each-layer goes with --label-free")
+    if each_layer:
+        console.print(
+            f"eval: every stage of {cfg.model.backbone} ({cfg.model.weights}), label-free …"
+        )
+        with progress() as bar:
+            rows = api.label_free(cfg, checkpoint, backbone, dataset, data_root, "train", bar,
+                                  each_layer=True)  # fmt: skip
+        for r in rows:
+            r["model"] = r["layer"]  # the table's first column
+        _label_free_table(
+            rows, 0, f"{cfg.model.backbone}: each stage on {rows[0]['dataset']}/train"
+        )
+        console.print(
+            f"* highest: --set 'model.layers=[\"{rows[0]['layer']}\"]' (pool {cfg.model.pool}, "
+            f"grid {cfg.model.grid})"
+        )
+        if as_json:
+            emit_json({"layers": rows})
         return
     if label_free:
         console.print(

@@ -60,7 +60,7 @@ class Descriptor(nn.Module):
     def __init__(self, body: nn.Module, paths: list[str], pool: str, last: bool,
                  grid: int = 1) -> None:  # fmt: skip
         super().__init__()
-        self.body, self.paths, self.last = body, list(paths), last
+        self.body, self.paths, self.last, self.grid = body, list(paths), last, grid
         self.pools = nn.ModuleList(_pool(pool, grid) for _ in self.paths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,23 @@ class Descriptor(nn.Module):
         if self.last:
             parts.append(F.normalize(final.float(), dim=1))
         return torch.cat(parts, 1)
+
+    @torch.no_grad()
+    def part_sizes(self, size: int = 64) -> list[int]:
+        """The width of each part of the output (the stages in order, then ``last``)."""
+        was, channels = self.training, {}
+        self.eval()
+        handles = [self.body.get_submodule(p).register_forward_hook(
+            lambda m, a, o, i=i: channels.__setitem__(i, o.shape[1]))
+            for i, p in enumerate(self.paths)]  # fmt: skip
+        try:
+            total = self(torch.zeros(1, 3, size, size)).shape[1]
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was)
+        sizes = [channels[i] * self.grid**2 for i in range(len(self.paths))]
+        return sizes + ([total - sum(sizes)] if self.last else [])
 
 
 def describe(backbone, pool: str, layers: list[str], name: str, grid: int = 1):
