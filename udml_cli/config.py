@@ -150,7 +150,8 @@ class TrainConfig(_Section):
         "udml-ss",
         description="udml-ss: k-means pseudo-labels, Weight + rotation loss (the paper); stml: "
         "self-taught metric learning (EMA teacher, contextual similarity; the [stml] section); "
-        "any method registered in udml_cli/methods",
+        "invariance: edited views of each image pulled together, NT-Xent (the [invariance] "
+        "section); any method registered in udml_cli/methods or by a plug-in",
     )
     optimizer: Literal["adam", "adamp"] = Field(
         "adam", description="adam (UDML-SS) or adamp (AdamP with Nesterov, STML's code)"
