@@ -92,3 +92,25 @@ def test_each_layer_ranks_the_stages_and_its_last_row_is_the_plain_score(cli, tm
         assert last[key] == pytest.approx(plain[key], abs=1e-6)
     r = cli("eval", *common[:-2], "--each-layer")
     assert r.code == 2 and "--each-layer goes with --label-free" in r.err
+
+
+def test_train_picks_the_layer_by_the_label_free_score(cli, layout, tmp_path):
+    """layers = auto: the stage --each-layer ranks first on the training images becomes the
+    run's (written in its config: eval and resume rebuild it); dim = auto follows it."""
+    out = tmp_path / "run"
+    r = cli("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "1",
+            "--set", 'model.layers=["auto"]', "--set", "model.dim=auto",
+            "--set", "model.head_init=identity")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "model.layers = auto → " in r.err
+    chosen = r.err.split("model.layers = auto → ")[1].split(" ")[0]
+    import tomllib
+
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg["model"]["layers"] == [chosen] and cfg["model"]["dim"] == "auto"
+    r = cli("eval", out / "last.pt", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["dim"] == {"conv1": 8, "conv2": 16, "last": 16}[chosen]
+    r = cli("eval", "--backbone", "tiny-test", "--weights", "none", "--dataset", layout,
+            "--set", 'model.layers=["auto"]')  # fmt: skip
+    assert r.code == 2 and "chosen by udml train" in r.err

@@ -54,7 +54,11 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     backbone: str = Field("googlenet", description="backbone name (see `udml eval --help`)")
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
-    dim: int = Field(512, ge=2, le=65536, description="embedding size")
+    dim: Annotated[int, Field(ge=2, le=65536)] | Literal["auto"] = Field(
+        512,
+        description="embedding size; auto: the descriptor's size (what head_init = identity "
+        "needs, whatever model.layers gives)",
+    )
     freeze_bn: bool = Field(True, description="BatchNorm in eval mode while training (paper)")
     dropout: bool = Field(
         False,
@@ -79,7 +83,8 @@ class ModelConfig(_Section):
         max_length=16,
         description="stages pooled into the descriptor, each L2-normalised, concatenated: "
         "'last' (the final feature) and/or the backbone's stages (e.g. 'block10' of "
-        "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them)",
+        "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them); ['auto']: udml "
+        "train picks the stage with the highest label-free score on the training images",
     )
     grid: int = Field(
         1, ge=1, le=8,
@@ -95,6 +100,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _layers_once(self) -> ModelConfig:
+        if "auto" in self.layers and self.layers != ["auto"]:
+            raise ValueError("model.layers: 'auto' stands alone (udml train picks one stage)")
         twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
         if twice:
             raise ValueError(f"model.layers names {twice[0]!r} twice; name each stage once")

@@ -125,3 +125,27 @@ def each_layer(cfg, plain: ImageDataset, engine, progress=None, where: str = "tr
     for r in rows:
         r["seconds"] = seconds
     return sorted(rows, key=lambda r: -1 if r["score"] is None else r["score"], reverse=True)
+
+
+def choose_layers(cfg, samples, engine, progress=None, where: str = "train") -> None:
+    """Resolve ``model.layers = ["auto"]``: the stage of the backbone with the highest
+    label-free score on these training ``samples``. Runs before the process group is joined:
+    under torchrun every process computes the same, alone."""
+    from udml_cli.data.transforms import eval_transform
+    from udml_cli.errors import note
+
+    plain = ImageDataset(samples, eval_transform(cfg.data), size=cfg.data.image_size)
+    torch.manual_seed(cfg.train.seed)  # a backbone without pretrained weights: the same draw
+    rows = [r for r in each_layer(cfg, plain, engine, progress, where) if r["score"] is not None]
+    if not rows:
+        from udml_cli.errors import UsageError
+
+        raise UsageError("model.layers = auto needs at least 2 readable training images")
+    best = rows[0]
+    cfg.model.layers = [best["layer"]]
+    note(
+        f"model.layers = auto → {best['layer']} (label-free score {100 * best['score']:.1f}, "
+        f"the highest of {len(rows)} stages on {best['images']} training images; next: "
+        + ", ".join(f"{r['layer']} {100 * r['score']:.1f}" for r in rows[1:3])
+        + "; `udml eval --label-free --each-layer` lists them all)"
+    )

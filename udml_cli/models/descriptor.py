@@ -113,6 +113,11 @@ def describe(backbone, pool: str, layers: list[str], name: str, grid: int = 1):
     for; the plain backbone when they ask for its final average-pooled feature."""
     from dataclasses import replace
 
+    if list(layers) == ["auto"]:
+        raise UsageError(
+            "model.layers = ['auto'] is chosen by udml train on its training images; for a "
+            "start, name the stages (udml eval --label-free --each-layer ranks them)"
+        )
     if pool == "gem" and "last" in layers:
         _use_gem_at_the_end(backbone.module, name)
     if list(layers) == ["last"]:

@@ -77,7 +77,8 @@ def build_model(
     a training method's own heads (see ``build_network``)."""
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
     backbone = describe(backbone, cfg.pool, cfg.layers, cfg.backbone, cfg.grid)
-    return EmbeddingNet(backbone, cfg.dim if head else None, dropout=cfg.dropout,
+    dim = backbone.feat_dim if cfg.dim == "auto" else cfg.dim
+    return EmbeddingNet(backbone, dim if head else None, dropout=cfg.dropout,
                         heads=heads if head else None)  # fmt: skip
 
 
