@@ -56,6 +56,7 @@ def test_readme_tour_from_an_installed_wheel(wheel, tmp_path):
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "120",
     }  # fmt: skip
     env.pop("PYTHONPATH", None)
+    env.pop("UDML_PLUGINS", None)  # a fresh user: no plug-ins
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import udml_cli; print(udml_cli.__file__)"],
         capture_output=True, text=True, cwd=work, env=env, check=True,
