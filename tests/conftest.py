@@ -155,3 +155,28 @@ def wheel(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return next(tmp.glob("udml-*.whl"))
+
+
+def interrupted_and_resumed(cli, args: list, method: str, fault: str, straight, cut,
+                            monkeypatch, at=None) -> None:  # fmt: skip
+    """``udml train ARGS`` straight into ``straight``, and into ``cut`` with the fault-injecting
+    ``method`` (tests/udml_testkit.py) interrupted where ``fault`` says (``at``: the (epoch,
+    iteration) its last.pt must then hold), then resumed: the weights must be equal, bit for
+    bit."""
+    import torch
+
+    r = cli("train", "--out", straight, *args)
+    assert r.code == 0, r.err
+    monkeypatch.setenv("UDML_TEST_FAULT", fault)
+    r = cli("train", "--out", cut, *args, "--set", f"train.method={method}")
+    assert r.code == 130 and "--resume" in r.err, r.err
+    if at is not None:
+        saved = torch.load(cut / "last.pt", weights_only=True)
+        assert (saved["epoch"], saved["iteration"]) == at
+    monkeypatch.delenv("UDML_TEST_FAULT")
+    r = cli("train", "--out", cut, "--resume")
+    assert r.code == 0, r.err
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(cut / "last.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)

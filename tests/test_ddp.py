@@ -167,14 +167,20 @@ def test_stml_in_two_processes_follows_one(layout, tmp_path):
     Adam the curves agree to 1e-6 (AdamP's projection test amplifies rounding more)."""
     stml = ["--set", "train.method=stml", "--set", "stml.neighbors=2", "--set", "stml.aux_dim=32",
             "--set", "train.up_step=1", "--set", "model.head_init=orthogonal"]  # fmt: skip
+    one, two = _one_and_two(layout, tmp_path, [*stml, "--epochs", "3"], steps=9)
+    torch.testing.assert_close(_weights(one)["neighbours"], _weights(two)["neighbours"])
+
+
+def _one_and_two(layout, tmp_path, args: list, steps: int):
+    """The same run in one process and in two: the same loss at every step (to rounding)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(layout, one, *stml, "--epochs", "3")
-    _train(layout, two, *stml, "--epochs", "3", "--nproc", "2")
+    _train(layout, one, *args)
+    _train(layout, two, *args, "--nproc", "2")
     a, b = _losses(one), _losses(two)
-    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 10))
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, steps + 1))
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
-    torch.testing.assert_close(_weights(one)["neighbours"], _weights(two)["neighbours"])
+    return one, two
 
 
 def test_invariance_in_two_processes_follows_one(layout, tmp_path):
@@ -182,13 +188,7 @@ def test_invariance_in_two_processes_follows_one(layout, tmp_path):
     entropy term on: two processes give the single-process curve and weights."""
     inv = ["--set", "train.method=invariance", "--set", "invariance.cluster_weight=0.5",
            "--set", "invariance.entropy_weight=0.1"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    _train(layout, one, *inv, "--epochs", "2")
-    _train(layout, two, *inv, "--epochs", "2", "--nproc", "2")
-    a, b = _losses(one), _losses(two)
-    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
-    for (_, x), (_, y) in zip(a, b, strict=True):
-        assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
+    one, two = _one_and_two(layout, tmp_path, [*inv, "--epochs", "2"], steps=6)
     for key, value in _weights(one)["model"].items():
         torch.testing.assert_close(_weights(two)["model"][key], value, rtol=1e-4, atol=1e-5)
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, interrupted_and_resumed
 from PIL import Image
 
 from udml_cli.data.edits import CopyEdits
@@ -86,18 +86,9 @@ INV = ["--set", "train.method=invariance", "--set", "train.iters_per_epoch=3",
 def test_invariance_trains_resumes_bit_exactly_evaluates_and_reports(cli, layout, tmp_path,
                                                                      monkeypatch):  # fmt: skip
     straight, cut = tmp_path / "a", tmp_path / "b"
-    r = cli("train", "--dataset", layout, "--out", straight, *TINY, *INV, "--epochs", "3")
-    assert r.code == 0, r.err
-    monkeypatch.setenv("UDML_TEST_FAULT", "step:5:interrupt")
-    r = cli("train", "--dataset", layout, "--out", cut, *TINY, *INV, "--epochs", "3",
-            "--set", "train.method=faulty-invariance")  # fmt: skip
-    assert r.code == 130, r.err
-    monkeypatch.delenv("UDML_TEST_FAULT")
-    assert cli("train", "--out", cut, "--resume").code == 0
-    a = torch.load(straight / "last.pt", weights_only=True)["model"]
-    b = torch.load(cut / "last.pt", weights_only=True)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    args = ["--dataset", layout, *TINY, *INV, "--epochs", "3"]
+    interrupted_and_resumed(cli, args, "faulty-invariance", "step:5:interrupt", straight, cut,
+                            monkeypatch)  # fmt: skip
     events = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["event"] == "step"]
     assert len(steps) == 9 and all("nce_loss" in e and "cluster_loss" not in e for e in steps)

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, interrupted_and_resumed
 
 
 def _train(cli, layout, out, *extra):
@@ -141,20 +141,9 @@ def test_bad_checkpoints_are_one_line(cli, layout, tmp_path):
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_matches(cli, layout, tmp_path, monkeypatch):
-    straight, interrupted = tmp_path / "a", tmp_path / "b"
-    extra = ["--epochs", "3", "--set", "train.iters_per_epoch=3"]
-    assert _train(cli, layout, straight, *extra).code == 0
-    monkeypatch.setenv("UDML_TEST_FAULT", "step:5:interrupt")  # epoch 2, second batch
-    r = _train(cli, layout, interrupted, *extra, "--set", "train.method=faulty-udml-ss")
-    assert r.code == 130 and "--resume" in r.err
-    saved = torch.load(interrupted / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["iteration"]) == (1, 1)
-    monkeypatch.delenv("UDML_TEST_FAULT")
-    assert cli("train", "--out", interrupted, "--resume").code == 0
-    a = torch.load(straight / "last.pt", weights_only=True)["model"]
-    b = torch.load(interrupted / "last.pt", weights_only=True)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    args = ["--dataset", layout, *TINY, "--epochs", "3", "--set", "train.iters_per_epoch=3"]
+    interrupted_and_resumed(cli, args, "faulty-udml-ss", "step:5:interrupt", tmp_path / "a",
+                            tmp_path / "b", monkeypatch, at=(1, 1))  # epoch 2, second batch  # fmt: skip
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, layout, tmp_path, monkeypatch):
