@@ -99,3 +99,25 @@ def test_plugins_load_from_udml_plugins_and_a_broken_one_is_one_line(tmp_path):
         "error: cannot load plug-in broken_plugin (named by UDML_PLUGINS): half-written "
         "plug-in; fix or remove it"
     )
+
+
+def test_an_installed_package_plugs_in_through_its_entry_point(tmp_path):
+    """A package declaring ``[project.entry-points."udml.plugins"]`` (here: its dist-info, as
+    pip writes it) adds a backbone that every command lists, with no UDML_PLUGINS."""
+    from conftest import run_udml
+
+    site = tmp_path / "site"
+    info = site / "udml_fakeplug-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: udml-fakeplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[udml.plugins]\nfake = udml_fakeplug\n")
+    (site / "udml_fakeplug.py").write_text(
+        "from udml_cli.models.backbones import register\n"
+        "@register('fake-bb', 'a backbone from an installed plug-in')\n"
+        "def build(weights):\n    raise NotImplementedError\n"
+    )
+    env = {"UDML_PLUGINS": "", "PYTHONPATH": str(site), "COLUMNS": "200"}
+    r = run_udml("eval", "--help", env=env)
+    assert r.returncode == 0 and b"fake-bb" in r.stdout, r.stdout.decode()
+    r = run_udml("eval", "--help", env={**env, "PYTHONPATH": str(tmp_path)})  # not installed
+    assert r.returncode == 0 and b"fake-bb" not in r.stdout
