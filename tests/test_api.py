@@ -80,3 +80,15 @@ def test_importing_udml_cli_does_not_import_torch():
     code = "import sys, udml_cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_the_backbone_argument_is_the_backbone_scored(layout):
+    """``udml.evaluate(backbone=…)`` / ``udml.label_free(backbone=…)`` score that backbone, not
+    the config's default (googlenet)."""
+    cfg = udml.settings(None, model={"weights": "none"}, data={"image_size": 16, "resize": 18},
+                        engine={"workers": 0})  # fmt: skip
+    result = udml.evaluate(cfg, backbone="tiny-test", dataset=str(layout))
+    assert result["dim"] == 16 and result["model"] == "tiny-test:none"
+    rows = udml.label_free(cfg, backbone="tiny-test", dataset=str(layout), each_layer=True)
+    assert {r["layer"] for r in rows} == {"conv1", "conv2", "last"}
+    assert cfg.model.backbone == "googlenet"  # the caller's config is left alone

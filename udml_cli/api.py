@@ -245,6 +245,9 @@ def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, datase
 
         if backbone is None:
             raise UsageError("--each-layer needs --backbone NAME")
+        if isinstance(backbone, str):  # the Python API's argument; the CLI set it already
+            cfg = cfg.model_copy(deep=True)
+            cfg.model.backbone = backbone
         name = dataset or cfg.data.dataset
         if name is None:
             raise UsageError("no dataset: pass --dataset NAME or a folder")

@@ -42,6 +42,9 @@ def load_model(cfg: Config, checkpoint: Path | None, backbone: str | None):
         raise UsageError("give a checkpoint or --backbone NAME (see `udml eval --help`)")
     from udml_cli.models.net import build_model
 
+    if isinstance(backbone, str) and backbone != cfg.model.backbone:  # the Python API's argument
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
+
     return build_model(cfg.model, head=False), cfg, None
 
 
