@@ -150,7 +150,7 @@ def main() -> None:
                 values = [r[metric] for r in runs]
                 mean = statistics.fmean(values)
                 res.add(f"{ds} {mode} (n={len(values)})", metric, mean,
-                        table[(ds, "start")][0][metric] if mode != "start" else None,
+                        table[(ds, "start")][0].get(metric) if mode != "start" else None,
                         higher_is_better=metric != "seconds", unit="%" if metric != "seconds" else "s")  # fmt: skip
                 res.records[-1]["spread"] = [min(values), max(values)]
                 res.records[-1]["values"] = values
