@@ -111,6 +111,8 @@ def test_train_picks_the_layer_by_the_label_free_score(cli, layout, tmp_path):
     r = cli("eval", out / "last.pt", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["dim"] == {"conv1": 8, "conv2": 16, "last": 16}[chosen]
+    r = cli("train", "--out", out, "--resume", "--epochs", "2", "--set", 'model.layers=["auto"]')
+    assert r.code == 0 and "model.layers = auto" not in r.err, r.err  # the stage it chose
     r = cli("eval", "--backbone", "tiny-test", "--weights", "none", "--dataset", layout,
             "--set", 'model.layers=["auto"]')  # fmt: skip
     assert r.code == 2 and "chosen by udml train" in r.err

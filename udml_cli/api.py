@@ -131,6 +131,10 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
             checkpoint, payload = resume_checkpoint(out, asked)
             # the run's own config is the base; the given config, --set and flags on top
             cfg = load_config(path, set_values, dotted, base=base or payload["config"])
+            if cfg.model.layers == ["auto"]:  # the run chose its stage when it started
+                cfg.model.layers = list(
+                    (payload["config"].get("model") or {}).get("layers", ["last"])
+                )
             resume_changes(payload["config"], cfg, checkpoint)  # named before the data is read
         else:
             cfg = load_config(path, set_values, dotted, base=base)
