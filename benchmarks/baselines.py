@@ -46,7 +46,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
     from udml_cli.data.registry import resolve_dataset
-    from udml_cli.data.transforms import Squash, eval_transform
+    from udml_cli.data.transforms import Squash
     from udml_cli.engine import extract, resolve_engine
     from udml_cli.metrics import evaluate_embeddings
     from udml_cli.models.backbones import create_backbone
@@ -59,8 +59,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
     engine = resolve_engine(cfg.engine)
     test = read_split(ref, "test")
     labels = np.array([s.label for s in test])
-    train = ImageDataset(read_split(ref, "train"), eval_transform(cfg.data),
-                         size=cfg.data.image_size)  # fmt: skip
+    train = ImageDataset.evaluated(read_split(ref, "train"), cfg.data)
     rows: list[dict] = []
 
     def score(name: str, x, free=None, seconds=0.0, with_nmi=True):
@@ -86,8 +85,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
         update = {"layers": [*stages, "last"], "pool": pool, "grid": grid}
         mcfg = cfg.model.model_copy(update=update)
         model = build_model(mcfg, head=False, quiet=True).eval()
-        x, _ = extract(model.features, ImageDataset(test, eval_transform(cfg.data),
-                       size=cfg.data.image_size), engine, 128)  # fmt: skip
+        x, _ = extract(model.features, ImageDataset.evaluated(test, cfg.data), engine, 128)
         ox, cx = copy_embeddings(model, cfg, train, engine, forward="features")
         seconds = time.perf_counter() - t0
         at = 0

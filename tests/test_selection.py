@@ -55,6 +55,10 @@ def test_training_logs_label_free_scores_and_eval_ranks_checkpoints(cli, layout,
     # the last checkpoint scored again gives what training logged at the end (same copies)
     last = next(c for c in ranked["checkpoints"] if c["model"].endswith("epoch_0002.pt"))
     assert last["score"] == pytest.approx(evals[-1]["label_free"]["score"], abs=1e-6)
+    for flags in (["--each-layer"], ["--label-free", "--each-layer"]):  # not for a run folder
+        r = cli("eval", out, *flags)
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert ("goes with --label-free" if len(flags) == 1 else "not a checkpoint") in r.err
 
 
 def test_label_free_needs_no_labels(cli, tmp_path):

@@ -228,46 +228,33 @@ def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, datase
     stage of the backbone alone, highest score first — which ``model.layers`` to use."""
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
-    from udml_cli.data.transforms import eval_transform
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import UsageError
-    from udml_cli.inference import model_and_dataset
-    from udml_cli.selection import label_free_scores
+    from udml_cli.inference import dataset_ref, model_and_dataset, with_backbone
+    from udml_cli.selection import label_free_scores, score_layers
 
     cfg = cfg if cfg is not None else load_config()
     if cfg.eval.label_free < 2:
         raise UsageError("eval.label_free must be at least 2 images to score label-free")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if each_layer and checkpoint is not None:
-        raise UsageError(
-            "--each-layer scores the stages of a pretrained backbone: pass --backbone NAME, "
-            "not a checkpoint"
-        )
     if each_layer:
-        from udml_cli.data.registry import resolve_dataset
-        from udml_cli.selection import each_layer as score_layers
-
-        if backbone is None:
-            raise UsageError("--each-layer needs --backbone NAME")
-        if isinstance(backbone, str):  # the Python API's argument; the CLI set it already
-            cfg = cfg.model_copy(deep=True)
-            cfg.model.backbone = backbone
-        name = dataset or cfg.data.dataset
-        if name is None:
-            raise UsageError("no dataset: pass --dataset NAME or a folder")
-        ref = resolve_dataset(name, data_root or cfg.data.data_root)
-        plain = ImageDataset(read_split(ref, split), eval_transform(cfg.data),
-                             size=cfg.data.image_size)  # fmt: skip
-        rows = score_layers(cfg, plain, resolve_engine(cfg.engine), progress, f"{ref.name}/{split}")
-        model = f"{cfg.model.backbone}:{cfg.model.weights}"
-        return [r | {"dataset": ref.name, "split": split, "model": model} for r in rows]
-    model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
-    plain = ImageDataset(read_split(ref, split), eval_transform(cfg.data), size=cfg.data.image_size)
-    where = f"{ref.name}/{split}"
-    result = label_free_scores(model, cfg, plain, resolve_engine(cfg.engine), progress, where)
-    result |= {"dataset": ref.name, "split": split}
-    result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
-    return result
+        if checkpoint is not None or backbone is None:
+            raise UsageError(
+                "--each-layer scores the stages of a pretrained backbone: pass --backbone NAME, "
+                "not a checkpoint"
+            )
+        cfg = with_backbone(cfg, backbone)
+        ref = dataset_ref(cfg, dataset, data_root)
+    else:
+        model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
+    plain = ImageDataset.evaluated(read_split(ref, split), cfg.data)
+    engine, where = resolve_engine(cfg.engine), f"{ref.name}/{split}"
+    name = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
+    if each_layer:
+        rows = score_layers(cfg, plain, engine, progress, where)
+        return [r | {"dataset": ref.name, "split": split, "model": name} for r in rows]
+    result = label_free_scores(model, cfg, plain, engine, progress, where)
+    return result | {"dataset": ref.name, "split": split, "model": name}
 
 
 def evaluate_run(run: str | Path, cfg: Config | None = None, dataset=None, data_root=None,

@@ -42,21 +42,32 @@ def load_model(cfg: Config, checkpoint: Path | None, backbone: str | None):
         raise UsageError("give a checkpoint or --backbone NAME (see `udml eval --help`)")
     from udml_cli.models.net import build_model
 
-    if isinstance(backbone, str) and backbone != cfg.model.backbone:  # the Python API's argument
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
-
+    cfg = with_backbone(cfg, backbone)
     return build_model(cfg.model, head=False), cfg, None
+
+
+def with_backbone(cfg: Config, backbone) -> Config:
+    """``cfg`` with ``backbone`` (the Python API's argument; the CLI has set it in the config
+    already) as its ``model.backbone``; a copy, the caller's config is left alone."""
+    if isinstance(backbone, str) and backbone != cfg.model.backbone:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
+    return cfg
+
+
+def dataset_ref(cfg: Config, dataset, data_root, ckpt_dataset=None) -> DatasetRef:
+    """The dataset to score: ``--dataset``, else the checkpoint's, else the config's."""
+    from udml_cli.data.registry import resolve_dataset
+
+    name = dataset or ckpt_dataset or cfg.data.dataset
+    if name is None:
+        raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
+    return resolve_dataset(name, data_root or cfg.data.data_root)
 
 
 def model_and_dataset(cfg: Config, checkpoint, backbone, dataset, data_root):
     """The model to evaluate and the dataset: ``--dataset``, else the checkpoint's, else config's."""
-    from udml_cli.data.registry import resolve_dataset
-
     model, cfg, ckpt_dataset = load_model(cfg, checkpoint, backbone)
-    name = dataset or ckpt_dataset or cfg.data.dataset
-    if name is None:
-        raise UsageError("no dataset: pass --dataset NAME (see `udml dataset list`)")
-    return model, cfg, resolve_dataset(name, data_root or cfg.data.data_root)
+    return model, cfg, dataset_ref(cfg, dataset, data_root, ckpt_dataset)
 
 
 def embed_dataset(
@@ -118,10 +129,9 @@ def embed_split(
     in row order."""
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
-    from udml_cli.data.transforms import eval_transform
 
     samples = read_split(ref, split)
-    dataset = ImageDataset(samples, eval_transform(cfg.data), size=cfg.data.image_size)
+    dataset = ImageDataset.evaluated(samples, cfg.data)
     where = f"{ref.name}/{split}"
     x, ok = embed_dataset(model, cfg, dataset, engine, where, progress, cfg.data.strict)
     if kept is not None:

@@ -206,7 +206,6 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
     from udml_cli.data.registry import resolve_dataset
-    from udml_cli.data.transforms import eval_transform
     from udml_cli.errors import UsageError
     from udml_cli.inference import embed_dataset
     from udml_cli.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -233,7 +232,7 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     pool = read_split(ref, "test") if ref.labelled else train
     rng = np.random.default_rng(0)
     pool = [pool[i] for i in sorted(rng.choice(len(pool), min(sample, len(pool)), replace=False))]
-    data = ImageDataset(pool, eval_transform(cfg.data), size=cfg.data.image_size)
+    data = ImageDataset.evaluated(pool, cfg.data)
     split = "test" if ref.labelled else "train"
     x, ok = embed_dataset(model, cfg, data, engine, f"{ref.name}/{split} (sample)")
     kept = [pool[i] for i in np.flatnonzero(ok)]

@@ -101,7 +101,9 @@ def copy_scores(x: np.ndarray, y: np.ndarray, knn: int = KNN) -> dict:
     return out
 
 
-def each_layer(cfg, plain: ImageDataset, engine, progress=None, where: str = "train") -> list[dict]:
+def score_layers(
+    cfg, plain: ImageDataset, engine, progress=None, where: str = "train"
+) -> list[dict]:
     """The label-free scores of every stage of ``cfg.model``'s backbone (and ``last``), each
     alone with ``cfg.model.pool`` and ``grid``, from one pass over the sample; highest first."""
     from udml_cli.models.backbones import create_backbone
@@ -131,12 +133,11 @@ def choose_layers(cfg, samples, engine, progress=None, where: str = "train") -> 
     """Resolve ``model.layers = ["auto"]``: the stage of the backbone with the highest
     label-free score on these training ``samples``. Runs before the process group is joined:
     under torchrun every process computes the same, alone."""
-    from udml_cli.data.transforms import eval_transform
     from udml_cli.errors import note
 
-    plain = ImageDataset(samples, eval_transform(cfg.data), size=cfg.data.image_size)
+    plain = ImageDataset.evaluated(samples, cfg.data)
     torch.manual_seed(cfg.train.seed)  # a backbone without pretrained weights: the same draw
-    rows = [r for r in each_layer(cfg, plain, engine, progress, where) if r["score"] is not None]
+    rows = [r for r in score_layers(cfg, plain, engine, progress, where) if r["score"] is not None]
     if not rows:
         from udml_cli.errors import UsageError
 

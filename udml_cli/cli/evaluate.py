@@ -88,24 +88,22 @@ def evaluate(
     dotted = {"data.data_root": data_root, "data.strict": True if strict else None}
     flags = model_flags(backbone, weights, device, image_size, **dotted)
     cfg = load_config(config, set_, flags)
-    if checkpoint is not None and checkpoint.is_dir():
+    if each_layer and not label_free:
+        raise UsageError("--each-layer goes with --label-free")
+    if checkpoint is not None and checkpoint.is_dir() and not each_layer:
         run = _label_free_run if label_free else _evaluate_run
         run(checkpoint, cfg, dataset, data_root, split, as_json)
         return
-    if each_layer and not label_free:
-        raise UsageError("--each-layer goes with --label-free")
     if each_layer:
-        console.print(
-            f"eval: every stage of {cfg.model.backbone} ({cfg.model.weights}), label-free …"
-        )
+        if checkpoint is None:  # else api.label_free refuses: nothing is being loaded
+            console.print(
+                f"eval: every stage of {cfg.model.backbone} ({cfg.model.weights}), label-free …"
+            )
         with progress() as bar:
             rows = api.label_free(cfg, checkpoint, backbone, dataset, data_root, "train", bar,
                                   each_layer=True)  # fmt: skip
-        for r in rows:
-            r["model"] = r["layer"]  # the table's first column
-        _label_free_table(
-            rows, 0, f"{cfg.model.backbone}: each stage on {rows[0]['dataset']}/train"
-        )
+        title = f"{cfg.model.backbone}: each stage on {rows[0]['dataset']}/train"
+        _label_free_table(rows, 0, title, "stage", [r["layer"] for r in rows])
         console.print(
             f"* highest: --set 'model.layers=[\"{rows[0]['layer']}\"]' (pool {cfg.model.pool}, "
             f"grid {cfg.model.grid})"
@@ -165,16 +163,20 @@ LABEL_FREE = [("score", "score"), ("copy_r1", "copy R@1"), ("copy_mrr", "copy MR
               ("knn_overlap", "10-NN kept")]  # fmt: skip
 
 
-def _label_free_table(rows: list[dict], best: int | None, title: str) -> None:
+def _label_free_table(rows: list[dict], best: int | None, title: str, what: str = "checkpoint",
+                      names: list[str] | None = None) -> None:  # fmt: skip
+    """One row per scored model (``names``: the first column, default each checkpoint's file
+    name; none for a single row), ``best`` starred."""
     table = Table(title=title)
     if len(rows) > 1:
-        table.add_column("checkpoint")
+        table.add_column(what)
+        names = names or [Path(r["model"]).name for r in rows]
     for _, name in LABEL_FREE:
         table.add_column(name, justify="right")
     for i, r in enumerate(rows):
         cells = [("–" if r[k] is None else f"{100 * r[k]:.2f}") for k, _ in LABEL_FREE]
-        name = [Path(r["model"]).name + (" *" if i == best else "")] if len(rows) > 1 else []
-        table.add_row(*name, *cells)
+        first = [names[i] + (" *" if i == best else "")] if len(rows) > 1 else []
+        table.add_row(*first, *cells)
     console.print(table)
     console.print(
         f"label-free, percent, on {rows[0]['images']} training images and one edited copy of "

@@ -77,6 +77,14 @@ class ImageDataset(torch.utils.data.Dataset):
         if cache_size:
             self.cache = [_cached(p, cache_size) for p in self.paths]
 
+    @classmethod
+    def evaluated(cls, samples: list[Sample], data, cache_size: int | None = None):
+        """``samples`` as evaluation sees them (``data``: a ``DataConfig``): shorter side to
+        ``data.resize``, centre crop ``data.image_size``."""
+        from udml_cli.data.transforms import eval_transform
+
+        return cls(samples, eval_transform(data), cache_size=cache_size, size=data.image_size)
+
     def __len__(self) -> int:
         return len(self.paths)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from udml_cli.data.images import FAILED, ImageDataset, SeededImages, report_unreadable
-from udml_cli.data.transforms import Squash, eval_transform, train_transform
+from udml_cli.data.transforms import Squash, train_transform
 from udml_cli.engine import extract
 from udml_cli.errors import DatasetError, note
 from udml_cli.fileio import atomic_write_text
@@ -26,9 +26,7 @@ class TrainingImages:
     def _use(self, samples) -> None:
         cfg = self.cfg
         cache = cfg.data.resize if cfg.data.cache else None
-        self.plain = ImageDataset(
-            samples, eval_transform(cfg.data), cache_size=cache, size=cfg.data.image_size
-        )
+        self.plain = ImageDataset.evaluated(samples, cfg.data, cache)
         self.augmented = SeededImages(samples, self.augment)
         self.augmented.cache = self.plain.cache
 

@@ -128,10 +128,4 @@ def describe(backbone, pool: str, layers: list[str], name: str, grid: int = 1):
         raise UsageError(f"model.layers: {name} has no stage '{unknown[0]}' (valid: {valid})")
     paths = [backbone.stages[x] for x in layers if x != "last"]
     module = Descriptor(backbone.module, paths, pool, "last" in layers, grid)
-    was = module.training
-    module.eval()
-    with torch.no_grad():  # the stages' channel counts: one small forward
-        probe = torch.zeros(1, 3, 64, 64)
-        dim = module(probe).shape[1]
-    module.train(was)
-    return replace(backbone, module=module, feat_dim=dim)
+    return replace(backbone, module=module, feat_dim=sum(module.part_sizes()))
