@@ -5,7 +5,9 @@ it for this process and every udml process a test starts):
 - ``faulty-udml-ss`` / ``faulty-stml`` / ``faulty-invariance``: the methods, unchanged, except that they fail where
   ``UDML_TEST_FAULT`` says — ``HOOK:N:KIND`` with HOOK ``step`` or ``sampler`` (the contract's
   calls), N the call of this run that fails, KIND ``interrupt`` (Ctrl-C) or ``nan`` (the step's
-  loss). Unset, they train exactly as the methods they wrap.
+  loss). Unset, they train exactly as the methods they wrap;
+- ``fixed-view-udml-ss``: UDML-SS with every training view the plain (evaluation) view, so a run
+  does not depend on which augmentation each step draws (the feature cache's reference).
 """
 
 from __future__ import annotations
@@ -86,5 +88,15 @@ class FaultyInvariance(Faults, Invariance):
     name = "faulty-invariance"
 
 
-for cls in (FaultyUdmlSS, FaultyStml, FaultyInvariance):
+class FixedViewUdmlSS(UdmlSS):
+    name = "fixed-view-udml-ss"
+
+    @classmethod
+    def augmentation(cls, cfg):
+        from udml_cli.data.transforms import eval_transform
+
+        return eval_transform(cfg.data)
+
+
+for cls in (FaultyUdmlSS, FaultyStml, FaultyInvariance, FixedViewUdmlSS):
     METHODS.add(cls.name, cls, hidden=True)

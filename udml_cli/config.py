@@ -189,6 +189,12 @@ class TrainConfig(_Section):
     final_eval: bool = Field(
         True, description="evaluate the start and the end on a labelled test split, if any"
     )
+    feature_cache: int = Field(
+        0, ge=0, le=64,
+        description="with model.freeze_backbone = 1: compute the backbone's features of N "
+        "augmented views of every training image once (RUN/feature_cache/) and train the "
+        "heads on them, many more steps per minute; 0: run the backbone every step",
+    )  # fmt: skip
     full_epoch_checkpoints: bool = Field(
         False,
         description="epoch_NNNN.pt files keep the optimiser and cluster state too (last.pt always "
@@ -293,7 +299,21 @@ class Config(_Section):
         the method's ``check_data``)."""
         from udml_cli.methods import method_class
 
-        method_class(self.train.method).check_config(self)
+        kind = method_class(self.train.method)
+        if self.train.feature_cache:
+            m = self.model
+            why = (
+                "model.freeze_backbone = 1" if m.freeze_backbone < 1 else
+                "model.freeze_bn = true" if not m.freeze_bn else
+                "model.dropout = false" if m.dropout else None
+            )  # fmt: skip
+            if why:
+                raise ValueError(f"train.feature_cache needs {why} (cached features must be "
+                                 "what the backbone gives at every step)")  # fmt: skip
+            if not kind.feature_cache:
+                raise ValueError(f"train.method = {kind.name} does not train on cached features; "
+                                 "set train.feature_cache = 0")  # fmt: skip
+        kind.check_config(self)
         return self
 
     def to_toml(self) -> str:

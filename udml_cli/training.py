@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from udml_cli.config import Config
+from udml_cli.data.feature_cache import FeatureCache
 from udml_cli.data.layout import DatasetRef, read_split
 from udml_cli.data.training_images import TrainingImages
 from udml_cli.engine import Engine, deferred_signals, peer_lost, seed_everything
@@ -43,6 +44,11 @@ class Trainer:
         self.kind = kind = method_class(cfg.train.method)
         kind.adapt(cfg, len(samples), ref)
         kind.check_data(cfg, len(samples))
+        if cfg.train.feature_cache and engine.world_size > 1:
+            raise UsageError(
+                "train.feature_cache trains in one process (its steps run the heads only); "
+                "drop --nproc or set train.feature_cache = 0"
+            )
         if cfg.train.batch_size % engine.world_size:
             raise UsageError(
                 f"train.batch_size ({cfg.train.batch_size}) must split evenly across the "
@@ -52,6 +58,7 @@ class Trainer:
         self.model = engine.prepare_model(build_network(cfg))
         init_head(self.model, cfg.model)  # "pca" waits for the first refresh's features
         self.images = TrainingImages(cfg, samples, kind.check_data, kind.augmentation(cfg))
+        self.cache: FeatureCache | None = None  # train.feature_cache: built when first needed
         self.labelled, self.main = ref.labelled, engine.is_main  # rank 0 writes
         self.log_path = out / "metrics.jsonl"
         self.epoch = self.iteration = self.step = 0  # epochs and batches done; batches in all
@@ -67,7 +74,18 @@ class Trainer:
         append_line(self.log_path, json.dumps(record))
 
     def features(self, view: str = "eval") -> np.ndarray:
-        """The pooled backbone feature of every training image (see ``TrainingImages``)."""
+        """The pooled backbone feature of every training image (see ``TrainingImages``); with
+        ``train.feature_cache``, the plain view's from the cache."""
+        if self.cfg.train.feature_cache and view == "eval":
+            return self.feature_cache().plain
+        return self.plain_features(view)
+
+    def feature_cache(self) -> FeatureCache:
+        if self.cache is None:
+            self.cache = FeatureCache.open(self)
+        return self.cache
+
+    def plain_features(self, view: str = "eval") -> np.ndarray:
         out = self.out if self.main else None
         return self.images.features(self.model, self.engine, self.progress, self.method.ready,
                                     out, f"{self.ref.name}/train", view)  # fmt: skip
@@ -213,13 +231,22 @@ class Trainer:
         base = _mix(cfg.train.seed, self.epoch)
         size = cfg.train.batch_size
         share = eng.shard(size)  # this rank's images of every batch, each in ``views`` views
-        seeded = [
-            [(batch[j], _mix(base, self.iteration + b, j + v * size))
-             for v in range(method.views) for j in share]
-            for b, batch in enumerate(batches)
-        ]  # fmt: skip
         set_rates(self.optimizer, cfg, method, self.epoch)
-        loader = eng.batch_loader(self.images.augmented, seeded)
+        if cfg.train.feature_cache:  # cached views in place of images, distinct ones per row
+            cache = self.feature_cache()
+            picked = [
+                [(batch[j], (_mix(base, self.iteration + b, j) + v) % cache.count)
+                 for v in range(method.views) for j in share]
+                for b, batch in enumerate(batches)
+            ]  # fmt: skip
+            loader = ((cache.rows(items), None) for items in picked)
+        else:
+            seeded = [
+                [(batch[j], _mix(base, self.iteration + b, j + v * size))
+                 for v in range(method.views) for j in share]
+                for b, batch in enumerate(batches)
+            ]  # fmt: skip
+            loader = eng.batch_loader(self.images.augmented, seeded)
         self.model.train(True, freeze_bn=cfg.model.freeze_bn)
         eng.use_threads(eng.threads)
         tick, images_seen, losses = time.perf_counter(), 0, []

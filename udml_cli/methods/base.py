@@ -54,6 +54,9 @@ class Method(ABC):
     sections: ClassVar[dict[str, set[str] | None]] = {}
     losses: ClassVar[tuple[str, ...]] = ("loss",)
     checkpoint_fields: ClassVar[dict[str, type]] = {}  # resumable checkpoints hold these
+    # its step takes cached backbone features in place of images (train.feature_cache): it
+    # passes ``images`` only to ``run.trainer.step_forward`` (a ``TrainingForward``)
+    feature_cache: ClassVar[bool] = False
 
     # ---- no data needed ------------------------------------------------------------------------
     @classmethod
@@ -194,8 +197,11 @@ class TrainingForward(nn.Module):
         self.model, self.engine = model, engine
 
     def forward(self, x: torch.Tensor, *args):
-        with self.engine.autocast():
-            feat = self.model.features(x)
+        if x.dim() == 2:  # train.feature_cache: the frozen backbone's features of the images
+            feat = x
+        else:
+            with self.engine.autocast():
+                feat = self.model.features(x)
         with torch.autocast(x.device.type, enabled=False):
             return self.heads(feat.float(), *args)
 

@@ -46,6 +46,11 @@ class Invariance(UdmlSS):
                 f"train.batch_size ({t.batch_size}) must be a multiple of train.instances "
                 f"({t.instances}) when invariance.cluster_weight > 0"
             )
+        if t.feature_cache and t.feature_cache < c.views:
+            raise ValueError(
+                f"train.feature_cache ({t.feature_cache}) must hold at least invariance.views "
+                f"({c.views}) views of each image"
+            )
         if t.batch_size < 2:
             raise ValueError("train.batch_size must be at least 2 images for the invariance method")
 

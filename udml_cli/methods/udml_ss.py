@@ -28,6 +28,7 @@ class UdmlSS(Method):
     sections: ClassVar[dict] = {"loss": None, "cluster": None, "train": {"instances"}}
     losses = ("loss", "weight_loss", "rot_loss")
     checkpoint_fields: ClassVar[dict] = {"pseudo_labels": torch.Tensor, "centroids": torch.Tensor}
+    feature_cache = True
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -40,6 +41,11 @@ class UdmlSS(Method):
         if loss.rot_batch > t.batch_size:
             raise ValueError(
                 f"loss.rot_batch ({loss.rot_batch}) exceeds train.batch_size ({t.batch_size})"
+            )
+        if t.feature_cache and loss.rot_weight and loss.rot_batch:
+            raise ValueError(
+                "train.feature_cache trains the heads on a frozen backbone, where the rotation "
+                "loss trains only its own head; set loss.rot_weight = 0"
             )
         if loss.metric_weight == 0 and loss.rot_weight == 0:
             raise ValueError("loss.metric_weight and loss.rot_weight are both 0: nothing to train")
