@@ -352,16 +352,14 @@ def index_state(out: Path) -> tuple[str, Index | str | None]:
         return "damaged", str(e)
 
 
-def duplicate_groups(
+def duplicate_pairs(
     vectors: np.ndarray, threshold: float, index=None
-) -> list[tuple[list[int], float]]:
-    """Groups of rows joined by pairs with similarity ≥ ``threshold`` (connected components),
-    largest first; each with its smallest joining similarity. ``index``: a faiss index over
-    ``vectors``; an IVF one answers approximately (only pairs within a cell are compared: a pair
-    split across two cells is missed; BENCHMARKS.md measures how often), a flat one exactly."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows ``(a, b, similarity)`` with ``a < b`` and similarity ≥ ``threshold``.
+    ``index``: a faiss index over ``vectors``; an IVF one answers approximately (only pairs
+    within a cell are compared: a pair split across two cells is missed; BENCHMARKS.md measures
+    how often), a flat one exactly."""
     import faiss
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
@@ -382,8 +380,9 @@ def duplicate_groups(
                 block = x[ids]
                 sim = block @ block.T
                 a, b = np.nonzero(np.triu(sim >= threshold, 1))
-                rows.append(ids[a])
-                cols.append(ids[b])
+                lo, hi = np.minimum(ids[a], ids[b]), np.maximum(ids[a], ids[b])
+                rows.append(lo)
+                cols.append(hi)
                 sims.append(sim[a, b])
     else:
         if index is None:
@@ -398,14 +397,30 @@ def duplicate_groups(
             rows.append(q[keep])
             cols.append(found[keep])
             sims.append(dist[keep])
-    r, c, s = (np.concatenate(a) if a else np.zeros(0) for a in (rows, cols, sims))
-    graph = coo_matrix((np.ones(len(r)), (r.astype(np.int64), c.astype(np.int64))), shape=(n, n))
+    r, c = (np.concatenate(a).astype(np.int64) if a else np.zeros(0, np.int64)
+            for a in (rows, cols))  # fmt: skip
+    s = np.concatenate(sims).astype(np.float32) if sims else np.zeros(0, np.float32)
+    return r, c, s
+
+
+def duplicate_groups(
+    vectors: np.ndarray, threshold: float, index=None, pairs=None
+) -> list[tuple[list[int], float]]:
+    """Groups of rows joined by pairs with similarity ≥ ``threshold`` (connected components),
+    largest first; each with its smallest joining similarity. ``pairs``: ``duplicate_pairs``'
+    answer, when the caller has it (else it is asked, with ``index``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(vectors)
+    r, c, s = duplicate_pairs(vectors, threshold, index) if pairs is None else pairs
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     members: dict[int, list[int]] = {}
-    for i in np.unique(np.concatenate([r, c]).astype(np.int64)) if len(r) else []:
+    for i in np.unique(np.concatenate([r, c])) if len(r) else []:
         members.setdefault(int(comp[i]), []).append(int(i))
     weakest: dict[int, float] = {}
-    for a, sim in zip(r.astype(np.int64), s, strict=True):
+    for a, sim in zip(r, s, strict=True):
         g = int(comp[a])
         weakest[g] = min(weakest.get(g, 1.0), float(sim))
     groups = [(sorted(m), weakest[g]) for g, m in members.items()]

@@ -22,21 +22,26 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 .cell{width:104px;font-size:10px;text-align:center;overflow:hidden}
 .cell img{width:96px;height:96px;object-fit:cover;border:4px solid #ccc;border-radius:4px}
 .cell.q img{border-color:#36c}.cell.ok img{border-color:#2a2}.cell.bad img{border-color:#d22}
+.tile{font-size:10px;text-align:center;max-width:480px;overflow-wrap:anywhere}
+.tile img{height:160px;width:auto;border:4px solid #ccc;border-radius:4px}
+.tile.keep img{border-color:#2a2}.tile.keep{font-weight:bold}
 .charts{display:flex;flex-wrap:wrap;gap:16px}.note{color:#666;font-size:13px}
 """
 
 
-def thumb(path: Path, size: int = 96) -> str:
-    """A JPEG data URI of the image (a grey square for one that cannot be read)."""
+def thumb(path: Path, size: int | tuple[int, int] = 96) -> str:
+    """A JPEG data URI of the image, within ``size`` (a box: aspect kept); a grey square for
+    one that cannot be read."""
     from PIL import Image
 
     from udml_cli.data.images import ImageError, load_rgb
 
+    box = (size, size) if isinstance(size, int) else size
     try:
         im = load_rgb(path)
-        im.thumbnail((size, size))
+        im.thumbnail(box)
     except ImageError:
-        im = Image.new("RGB", (size, size), (200, 200, 200))
+        im = Image.new("RGB", (min(box), min(box)), (200, 200, 200))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -133,16 +138,50 @@ def contact_sheets(assign: np.ndarray, paths: list[Path], clusters: int = 6, per
     return "".join(out)
 
 
-def duplicate_section(groups, paths: list[Path], most: int = 10) -> str:
+def duplicate_section(groups, paths: list[Path], most: int = 10, rule: str | None = None) -> str:
+    """Each group side by side at one height (aspect kept), the kept file marked when a keep
+    ``rule`` chose one, each other file's strongest link, and the group's links listed.
+    ``groups``: ``review.Group`` records or ``(rows, weakest)`` pairs."""
+    from udml_cli.review import Group
+
     if not groups:
         return '<p class="note">no near-duplicates at this threshold</p>'
     out = []
-    for members, weakest in groups[:most]:
-        cells = "".join(cell(paths[i], _short(paths[i])) for i in members[:12])
+    for g in groups[:most]:
+        g = g if isinstance(g, Group) else Group(list(g[0]), g[1], [])
+        best: dict[int, tuple[float, int]] = {}
+        for a, b, sim in g.pairs:
+            for x, y in ((a, b), (b, a)):
+                if sim > best.get(x, (-2.0, -1))[0]:
+                    best[x] = (sim, y)
+        order = sorted(g.members[:12], key=lambda r: r != g.keep)
+        cells = []
+        for r in order:
+            if r == g.keep:
+                cap, kind = f"keep ({rule}) · {_short(paths[r])}", "keep"
+            elif r in best:
+                sim, other = best[r]
+                cap, kind = f"{sim:.3f} ↔ {paths[other].name} · {_short(paths[r])}", ""
+            else:
+                cap, kind = _short(paths[r]), ""
+            cells.append(tile(paths[r], cap, kind))
+        links = "; ".join(f"{html.escape(paths[a].name)} ↔ {html.escape(paths[b].name)} {sim:.3f}"
+                          for a, b, sim in g.pairs[:20])  # fmt: skip
+        more = f" … {len(g.pairs) - 20} more" if len(g.pairs) > 20 else ""
         out.append(
-            f"<p>{len(members)} images, similarity ≥ {weakest:.3f}</p><div class='row'>{cells}</div>"
+            f"<p>{len(g.members)} images, similarity ≥ {g.weakest:.3f}</p>"
+            f"<div class='row dup'>{''.join(cells)}</div>"
+            + (f"<p class='note'>links: {links}{more}</p>" if links else "")
         )
     return "".join(out)
+
+
+def tile(path: Path, caption: str, kind: str = "") -> str:
+    """A picture at the row's height with its own aspect ratio (a duplicate group's member)."""
+    return (
+        f'<div class="tile {kind}"><img src="{thumb(path, (480, 160))}" '
+        f'alt="{html.escape(path.name)}"><br>{html.escape(caption)}</div>'
+    )
 
 
 def curves(run_dir: Path) -> str:
@@ -186,12 +225,15 @@ def _number(v) -> bool:
 
 def index_report(index_dir: Path, threshold: float | None = None) -> str:
     from udml_cli.clustering import auto_clusters, kmeans
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, duplicate_pairs
+    from udml_cli.review import review
 
     idx = Index.load(index_dir)
     paths = [idx.folder / p for p in idx.paths]
     t = DEFAULT_THRESHOLD if threshold is None else threshold
-    groups = duplicate_groups(idx.vectors, t, idx.stored_faiss())
+    pairs = duplicate_pairs(idx.vectors, t, idx.stored_faiss())
+    groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
+                    idx.folder, None)  # fmt: skip
     k = min(auto_clusters(len(paths), 2), len(paths))
     km = kmeans(idx.vectors, k, seed=0)
     return page(f"udml index: {idx.folder} ({len(paths)} images)", [

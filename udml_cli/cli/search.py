@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Annotated
 
@@ -20,10 +21,12 @@ from udml_cli.cli.common import (
     YesOpt,
     confirm,
     console,
+    data_stream,
     emit_json,
     progress,
 )
 from udml_cli.fileio import atomic_write_text, ensure_writable
+from udml_cli.review import KeepRule
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index folder made by udml index.")]
 
@@ -171,27 +174,61 @@ def duplicates(
             min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."
         ),
     ] = None,
+    keep_rule: Annotated[
+        KeepRule | None,
+        typer.Option(
+            "--keep",
+            help="Mark one file of each group to keep (largest: most pixels; newest/oldest: "
+            "modification time; first: path order) and the rest as candidates to remove, as CSV "
+            "on stdout (or --csv). Nothing is deleted.",
+        ),
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write the --keep CSV to this file.")
+    ] = None,
     html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (connected components of pairs above --threshold).
 
+    Every group lists its links (pairs above the threshold, with their similarity) in --json;
+    --keep RULE says which file of each group to keep and which could go. udml never deletes.
+
     \b
     udml duplicates --index idx/photos
     udml duplicates --index idx/photos --threshold 0.9 --json > dupes.json
+    udml duplicates --index idx/photos --keep largest > review.csv
+    udml duplicates --index idx/photos --keep newest --csv review.csv --html review.html
     """
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups
+    from udml_cli.errors import UsageError
+    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, duplicate_pairs
+    from udml_cli.review import csv_rows, review, write_csv
 
+    keep = None if keep_rule is None else keep_rule.value
+    if csv_out is not None and keep is None:
+        raise UsageError("--csv writes the --keep review; add --keep largest|newest|oldest|first")
+    if keep is not None and csv_out is None and as_json:
+        raise UsageError("--json and the --keep CSV would both go to stdout; add --csv FILE")
     idx = Index.load(index_dir)
-    if html_out is not None:
-        ensure_writable(html_out, "--html")
+    for path, what in ((html_out, "--html"), (csv_out, "--csv")):
+        if path is not None:
+            ensure_writable(path, what)
     t = DEFAULT_THRESHOLD if threshold is None else threshold
-    groups = duplicate_groups(idx.vectors, t, idx.stored_faiss())
-    out = [
-        {"size": len(g), "min_similarity": round(w, 6), "paths": [idx.paths[i] for i in g]}
-        for g, w in groups
-    ]
-    dupes = sum(len(g) for g, _ in groups)
+    pairs = duplicate_pairs(idx.vectors, t, idx.stored_faiss())
+    groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
+                    idx.folder, keep)  # fmt: skip
+    paths = idx.paths
+    out = []
+    for g in groups:
+        entry = {
+            "size": len(g.members), "min_similarity": round(g.weakest, 6),
+            "paths": [paths[i] for i in g.members],
+            "pairs": [{"a": paths[a], "b": paths[b], "similarity": sim} for a, b, sim in g.pairs],
+        }  # fmt: skip
+        if keep is not None:
+            entry |= {"keep": paths[g.keep], "rule": keep}
+        out.append(entry)
+    dupes = sum(len(g.members) for g in groups)
     console.print(
         f"{len(groups)} groups of near-duplicates (similarity ≥ {t}), {dupes} of "
         f"{len(idx.files)} images"
@@ -199,7 +236,8 @@ def duplicates(
     for n, g in enumerate(out[:20], 1):
         console.print(f"group {n}: {g['size']} images (≥ {g['min_similarity']:.4f})")
         for p in g["paths"][:10]:
-            console.print(f"    {p}")
+            mark = " (keep)" if keep is not None and p == g["keep"] else ""
+            console.print(f"    {p}{mark}")
         if g["size"] > 10:
             console.print(f"    … and {g['size'] - 10} more")
     if len(out) > 20:
@@ -207,11 +245,25 @@ def duplicates(
     if html_out is not None:
         from udml_cli.report import duplicate_section, page
 
-        paths = [idx.folder / p for p in idx.paths]
-        body = duplicate_section(groups, paths, most=len(groups))
+        body = duplicate_section(groups, [idx.folder / p for p in paths], most=len(groups),
+                                 rule=keep)  # fmt: skip
         atomic_write_text(
             html_out, page(f"near-duplicates in {idx.folder} (≥ {t})", [("Groups", body)])
         )
         console.print(f"wrote {html_out}")
+    if keep is not None:
+        rows = csv_rows(groups, idx.vectors, idx.files, idx.folder)
+        removable = sum(r["action"] != "keep" for r in rows)
+        if csv_out is not None:
+            buf = io.StringIO()
+            write_csv(rows, buf)
+            atomic_write_text(csv_out, buf.getvalue())
+            console.print(f"wrote {csv_out}")
+        else:
+            write_csv(rows, data_stream())
+        console.print(
+            f"keep rule {keep}: {len(groups)} kept, {removable} candidates to remove "
+            "(nothing was deleted)"
+        )
     if as_json:
         emit_json({"index": str(index_dir), "threshold": t, "groups": out})
