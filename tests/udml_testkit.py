@@ -43,7 +43,10 @@ class Tiny(nn.Module):
 
 @register("tiny-test", "a 2-layer CNN for tests only (16-d)", hidden=True, pretrained=False)
 def tiny(weights: str) -> Backbone:
-    return Backbone(Tiny(), 16, IMAGENET_MEAN, IMAGENET_STD, {"conv1": "body.2", "conv2": "body.5"})
+    with torch.random.fork_rng():  # the same network in every process ("weights none" included)
+        torch.manual_seed(0)
+        net = Tiny()
+    return Backbone(net, 16, IMAGENET_MEAN, IMAGENET_STD, {"conv1": "body.2", "conv2": "body.5"})
 
 
 class Faults:

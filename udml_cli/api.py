@@ -355,7 +355,8 @@ def run_summary(out: str | Path) -> dict:
 
 def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=None,
                 weights="imagenet", image_size=None, device="auto", strict=False, progress=None,
-                *, replace: bool = False, ask=None):  # fmt: skip
+                *, replace: bool = False, ask=None, calibrate: bool = True,
+                precision: float | None = None):  # fmt: skip
     """Embed ``folder`` into the index folder ``out``, one writer at a time (a lock beside it).
 
     ``out`` new or empty: written. An index of the same folder and model: updated, embedding
@@ -398,9 +399,23 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
             vectors[todo_arr[ok]] = x
             keep[todo_arr[~ok]] = False
         rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
-        index = Index(folder, ident, vectors[keep], rows)
+        calibration, fresh = None, False
+        if calibrate:
+            from udml_cli.calibration import DEFAULT_PRECISION
+            from udml_cli.calibration import calibrate as run_calibration
+
+            precision = DEFAULT_PRECISION if precision is None else precision
+            kept = old.calibration if old is not None else None
+            if kept is not None and kept.get("precision") == precision:
+                calibration = kept
+            else:
+                calibration = run_calibration(model, cfg, vectors[keep], [folder / r[0] for r in rows],
+                                              precision, progress).to_dict()  # fmt: skip
+                fresh = True
+        index = Index(folder, ident, vectors[keep], rows, calibration=calibration)
         index.save(out)
     index.embedded, index.kept = len(todo) - int((~keep).sum()), len(reuse)
+    index.calibrated = fresh
     return index
 
 

@@ -98,6 +98,8 @@ class Index:
     files: list[tuple[str, int, int]]  # (relative path, size, mtime_ns)
     out: Path | None = None  # the index folder it was loaded from or saved to
     generation: str | None = None
+    # the duplicate threshold calibrated on these images (``calibration.Calibration.to_dict``)
+    calibration: dict | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -141,6 +143,8 @@ class Index:
                 "model": self.model, "count": len(self.files), "dim": self.dim,
                 "generation": gen, "files": listed,
             }  # fmt: skip
+            if self.calibration is not None:
+                meta["duplicates"] = self.calibration
             atomic_write_text(out / MANIFEST, json.dumps(meta, indent=2) + "\n")  # the switch
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -200,7 +204,13 @@ class Index:
                 f"{path}: {int(bad.sum())} rows hold NaN or infinite values (first: "
                 f"{files[first][0]!r}); the model that made them is broken; {hint}"
             )
-        return cls(folder, model, vectors, files, out, gen)
+        calibration = meta.get("duplicates")
+        if calibration is not None:
+            from udml_cli.calibration import Calibration
+
+            if Calibration.from_dict(calibration) is None:
+                raise DamagedIndex(f"{manifest}: its duplicates entry is malformed; {hint}")
+        return cls(folder, model, vectors, files, out, gen, calibration)
 
     def stored_faiss(self):
         """The faiss index saved with these rows (checked: same count and dimension)."""
@@ -350,6 +360,23 @@ def index_state(out: Path) -> tuple[str, Index | str | None]:
         return "index", Index.load(out)
     except UdmlError as e:
         return "damaged", str(e)
+
+
+def duplicate_threshold(idx: Index, given: float | None) -> tuple[float, str]:
+    """The threshold ``udml duplicates`` uses and why: ``given`` (--threshold), else the one
+    calibrated when the index was built, else the default."""
+    if given is not None:
+        return given, f"--threshold {given:g}"
+    if idx.calibration is not None:
+        c = idx.calibration
+        return float(c["threshold"]), (
+            f"threshold {c['threshold']:.4f}, calibrated on {c['sample']} of these images for "
+            f"precision {c['precision']:g} when the index was built (--threshold overrides it)"
+        )
+    return DEFAULT_THRESHOLD, (
+        f"the default threshold {DEFAULT_THRESHOLD} (this index holds no calibration: re-run "
+        "udml index to calibrate one on these images)"
+    )
 
 
 def duplicate_pairs(

@@ -225,12 +225,12 @@ def _number(v) -> bool:
 
 def index_report(index_dir: Path, threshold: float | None = None) -> str:
     from udml_cli.clustering import auto_clusters, kmeans
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, duplicate_pairs
+    from udml_cli.index import Index, duplicate_groups, duplicate_pairs, duplicate_threshold
     from udml_cli.review import review
 
     idx = Index.load(index_dir)
     paths = [idx.folder / p for p in idx.paths]
-    t = DEFAULT_THRESHOLD if threshold is None else threshold
+    t, _ = duplicate_threshold(idx, threshold)
     pairs = duplicate_pairs(idx.vectors, t, idx.stored_faiss())
     groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
                     idx.folder, None)  # fmt: skip

@@ -41,12 +41,30 @@ def index(
     device: DeviceOpt = None,
     strict: StrictOpt = False,
     yes: YesOpt = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Calibrate the duplicate threshold on edited copies of a sample of these images "
+            "(stored in the index; udml duplicates uses it)."
+        ),
+    ] = True,
+    precision: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=0.9999,
+            help="Precision the calibrated duplicate threshold aims at (copies among the pairs "
+            "it joins, with as many look-alike pairs as copies).",
+        ),
+    ] = 0.99,
 ) -> None:
     """Embed every image under FOLDER into a searchable index (re-run: only new/changed files).
 
     --out is a new or empty folder, or an index udml made: one of the same folder and model is
     updated; one of another folder or model is replaced only with --yes (asked at a terminal).
     The index is written whole or not at all: an interrupted run leaves the previous one.
+    It stores a duplicate threshold calibrated on edited copies of a sample of the images
+    (--precision; --no-calibrate skips it), which udml duplicates uses.
 
     \b
     udml index ~/photos --checkpoint runs/photos/last.pt --out idx/photos
@@ -63,11 +81,17 @@ def index(
 
     with progress() as bar:
         idx = build_index(folder, out, checkpoint, backbone, weights or "imagenet", image_size,
-                          device or "auto", strict, bar, replace=yes, ask=asked)  # fmt: skip
+                          device or "auto", strict, bar, replace=yes, ask=asked,
+                          calibrate=calibrate, precision=precision)  # fmt: skip
     console.print(
         f"indexed {len(idx.files)} images of {idx.folder} in {out}: {idx.embedded} embedded, "
         f"{idx.kept} unchanged kept"
     )
+    if idx.calibration is not None:
+        from udml_cli.calibration import Calibration
+
+        again = "" if idx.calibrated else " (kept from the last run: same model and precision)"
+        console.print(Calibration.from_dict(idx.calibration).summary() + again)
 
 
 def _query_model(idx, device):
@@ -171,7 +195,10 @@ def duplicates(
     threshold: Annotated[
         float | None,
         typer.Option(
-            min=-1.0, max=1.0, help="Cosine similarity joining two images (default 0.95)."
+            min=-1.0,
+            max=1.0,
+            help="Cosine similarity joining two images (default: the index's calibrated "
+            "threshold, else 0.95).",
         ),
     ] = None,
     keep_rule: Annotated[
@@ -201,7 +228,7 @@ def duplicates(
     udml duplicates --index idx/photos --keep newest --csv review.csv --html review.html
     """
     from udml_cli.errors import UsageError
-    from udml_cli.index import DEFAULT_THRESHOLD, Index, duplicate_groups, duplicate_pairs
+    from udml_cli.index import Index, duplicate_groups, duplicate_pairs, duplicate_threshold
     from udml_cli.review import csv_rows, review, write_csv
 
     keep = None if keep_rule is None else keep_rule.value
@@ -213,7 +240,8 @@ def duplicates(
     for path, what in ((html_out, "--html"), (csv_out, "--csv")):
         if path is not None:
             ensure_writable(path, what)
-    t = DEFAULT_THRESHOLD if threshold is None else threshold
+    t, why = duplicate_threshold(idx, threshold)
+    console.print(f"using {why}")
     pairs = duplicate_pairs(idx.vectors, t, idx.stored_faiss())
     groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
                     idx.folder, keep)  # fmt: skip
@@ -266,4 +294,4 @@ def duplicates(
             "(nothing was deleted)"
         )
     if as_json:
-        emit_json({"index": str(index_dir), "threshold": t, "groups": out})
+        emit_json({"index": str(index_dir), "threshold": t, "threshold_from": why, "groups": out})

@@ -1,0 +1,117 @@
+"""The duplicate threshold calibrated on the user's own images: the threshold rule against a
+brute-force search and a hand-worked case, the named edits, the per-edit recall against a plain
+loop that embeds every edited copy by itself, and the index/duplicates round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+from PIL import Image
+
+from udml_cli.calibration import calibrate, choose_threshold
+from udml_cli.data.named_edits import KINDS, STRENGTHS, apply, halves
+
+TINY_MODEL = ["--backbone", "tiny-test", "--weights", "none", "--image-size", "16"]
+
+
+def _brute(pos, neg, precision):
+    for t in sorted(set(pos) | set(neg)):
+        r = np.mean(np.asarray(pos) >= t)
+        f = np.mean(np.asarray(neg) >= t) if len(neg) else 0.0
+        if r > 0 and r >= precision * (r + f):
+            return t
+    return None
+
+
+def test_threshold_rule_by_hand_and_against_a_search():
+    # at 0.8: recall 2/3, no negative above → precision 1; at 0.75 the negative joins (0.57)
+    assert choose_threshold(np.float32([0.9, 0.8, 0.7]), np.float32([0.75, 0.5]), 0.99) == \
+        pytest.approx(0.8)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        pos = rng.normal(0.8, 0.1, 40).astype(np.float32)
+        neg = rng.normal(0.6, 0.1, 30).astype(np.float32)
+        p = [0.9, 0.99, 0.5][trial % 3]
+        want = _brute(pos.tolist(), neg.tolist(), p)
+        got = choose_threshold(pos, neg, p)
+        assert got == pytest.approx(want if want is not None else np.nextafter(neg.max(), 2))
+
+
+def test_named_edits_are_deterministic_and_change_the_picture():
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    for kind in KINDS:
+        for s in STRENGTHS:
+            a, b = np.asarray(apply(im, kind, s)), np.asarray(apply(im, kind, s))
+            assert np.array_equal(a, b)
+            assert a.shape != np.asarray(im).shape or not np.array_equal(a, np.asarray(im))
+    left, right = halves(im)
+    assert left.size == right.size == (45, 60)
+    assert np.array_equal(np.hstack([np.asarray(left), np.asarray(right)]), np.asarray(im))
+
+
+def _folder(root, n=14):
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        write_image(root / f"p{i:02d}.png", rng.integers(0, 255, 3), size=40, seed=i)
+    return root
+
+
+def test_recall_per_edit_matches_a_plain_loop(tmp_path):
+    from udml_cli.api import load_model
+    from udml_cli.data.transforms import eval_transform
+
+    folder = _folder(tmp_path / "photos")
+    paths = sorted(folder.iterdir())
+    model, cfg = load_model(None, "tiny-test", "none", 16, "cpu")
+    t = eval_transform(cfg.data)
+    with torch.no_grad():
+        embed = lambda im: model.eval().embed(t(im)[None])[0].numpy()  # noqa: E731
+        vectors = np.stack([embed(Image.open(p).convert("RGB")) for p in paths])
+        got = calibrate(model, cfg, vectors, paths, 0.99)
+        sims = {k: [float(embed(apply(Image.open(p).convert("RGB"), k, s)) @ vectors[i])
+                    for i, p in enumerate(paths) for s in STRENGTHS] for k in KINDS}  # fmt: skip
+    assert got.sample == len(paths)
+    for k in KINDS:
+        assert got.recall[k] == pytest.approx(np.mean(np.array(sims[k]) >= got.threshold), abs=1e-4)
+    every = np.array([s for v in sims.values() for s in v]).reshape(-1)
+    assert got.threshold >= got.hardest_negative or got.false_match_rate > 0
+    assert every.min() - 1e-6 <= got.threshold <= 1.0001
+
+
+def test_index_stores_it_and_duplicates_uses_it_and_says_so(cli, tmp_path):
+    folder = _folder(tmp_path / "photos")
+    idx = tmp_path / "idx"
+    r = cli("index", folder, "--out", idx, *TINY_MODEL)
+    assert r.code == 0 and "calibrated on edited copies of 14 of these images" in r.err, r.err
+    stored = json.loads((idx / "index.json").read_text())["duplicates"]
+    assert stored["precision"] == 0.99 and set(stored["recall"]) == set(KINDS)
+    r = cli("duplicates", "--index", idx, "--json")
+    assert r.code == 0 and "calibrated on 14 of these images" in r.err
+    assert json.loads(r.out)["threshold"] == pytest.approx(stored["threshold"])
+    r = cli("duplicates", "--index", idx, "--threshold", "0.5", "--json")
+    assert json.loads(r.out)["threshold"] == 0.5 and "using --threshold 0.5" in r.err
+    r = cli("index", folder, "--out", idx, *TINY_MODEL)  # an update: the same calibration kept
+    assert r.code == 0 and "kept from the last run" in r.err
+    assert json.loads((idx / "index.json").read_text())["duplicates"] == stored
+    r = cli("index", folder, "--out", idx, *TINY_MODEL, "--precision", "0.9")
+    assert r.code == 0 and "for precision 0.9," in r.err and "kept from" not in r.err
+    r = cli("index", folder, "--out", tmp_path / "plain", *TINY_MODEL, "--no-calibrate")
+    assert r.code == 0 and "calibrated" not in r.err
+    r = cli("duplicates", "--index", tmp_path / "plain")
+    assert r.code == 0 and "the default threshold 0.95" in r.err
+
+
+def test_a_damaged_calibration_is_one_line(cli, tmp_path):
+    folder = _folder(tmp_path / "photos")
+    idx = tmp_path / "idx"
+    assert cli("index", folder, "--out", idx, *TINY_MODEL).code == 0
+    meta = json.loads((idx / "index.json").read_text())
+    meta["duplicates"]["threshold"] = "high"
+    (idx / "index.json").write_text(json.dumps(meta))
+    r = cli("duplicates", "--index", idx)
+    assert r.code != 0 and "duplicates entry is malformed" in r.err and "Traceback" not in r.err
