@@ -101,3 +101,31 @@ def test_search_and_duplicates_write_galleries(cli, layout, tmp_path):
     assert cli("duplicates", "--index", idx, "--threshold", "0.5", "--html", groups).code == 0
     assert len(_images(hits.read_text())) == 4  # the query and its 3 neighbours
     assert len(_images(groups.read_text())) >= 2
+
+
+def test_a_demo_like_run_report_opens_with_its_scores(cli, layout, tmp_path):
+    """The demo evaluates outside ``udml train`` (``udml eval --json`` files beside the run):
+    the report still leads with the start-vs-end table, numbers as the files hold them."""
+    import json
+
+    run = tmp_path / "run"
+    r = cli("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "1",
+            "--set", "train.final_eval=false")  # fmt: skip
+    assert r.code == 0, r.err
+    r = cli("eval", "--dataset", layout, "--backbone", "tiny-test", "--weights", "none",
+            "--image-size", "16", "--json")  # fmt: skip
+    (run / "start.json").write_text(r.out)
+    os.utime(run / "start.json", (1, 1))  # older: listed first
+    r = cli("eval", run / "last.pt", "--json")
+    (run / "udml-ss.json").write_text(r.out)
+    assert cli("report", run).code == 0
+    text = (run / "report.html").read_text()
+    assert text.index("<h2>Scores</h2>") < text.index("<h2>Training</h2>")
+    start, end = (json.loads((run / f).read_text()) for f in ("start.json", "udml-ss.json"))
+    table = text[text.index("<table class='scores'>") : text.index("</table>")]
+    assert "start.json" in table and "udml-ss.json" in table and "change, first → last" in table
+    for result in (start, end):
+        assert f"<td>{100 * result['recall_at']['1']:.2f}</td>" in table
+        assert f"<td>{100 * result['map_at_r']:.2f}</td>" in table
+    change = 100 * (end["nmi"] - start["nmi"])
+    assert f">{change:+.2f}</td>" in table

@@ -25,6 +25,10 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 .tile{font-size:10px;text-align:center;max-width:480px;overflow-wrap:anywhere}
 .tile img{height:160px;width:auto;border:4px solid #ccc;border-radius:4px}
 .tile.keep img{border-color:#2a2}.tile.keep{font-weight:bold}
+table.scores{border-collapse:collapse;font-size:14px}
+.scores td,.scores th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}
+.scores td:first-child,.scores th:first-child,.scores td:nth-child(2){text-align:left}
+.scores .change td{font-weight:bold}.scores .up{color:#080}.scores .down{color:#c00}
 .charts{display:flex;flex-wrap:wrap;gap:16px}.note{color:#666;font-size:13px}
 """
 
@@ -244,6 +248,66 @@ def index_report(index_dir: Path, threshold: float | None = None) -> str:
     ])  # fmt: skip
 
 
+SCORE_COLUMNS = [("R@1", "1"), ("R@2", "2"), ("R@4", "4"), ("R@8", "8")]
+
+
+def run_evaluations(run_dir: Path) -> list[tuple[str, dict]]:
+    """Every labelled evaluation of a run: ``udml train``'s (metrics.jsonl) in order, then the
+    ``udml eval --json`` files beside it (oldest first), each as ``(name, result)``."""
+    import json
+
+    from udml_cli.runs import read_metrics
+
+    found = []
+    if (run_dir / "metrics.jsonl").is_file():
+        for e in read_metrics(run_dir):
+            if e.get("event") == "eval" and _scored(e):
+                at = e.get("at", "epoch")
+                found.append((f"{at} (epoch {e.get('epoch', '?')}, in training)", e))
+    files = sorted(run_dir.glob("*.json"), key=lambda f: (f.stat().st_mtime_ns, f.name))
+    for f in files:
+        try:
+            result = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and _scored(result):
+            found.append((f.name, result))
+    return found
+
+
+def _scored(r: dict) -> bool:
+    recall = r.get("recall_at")
+    return (isinstance(recall, dict) and all(_number(recall.get(k)) for _, k in SCORE_COLUMNS)
+            and _number(r.get("nmi")) and _number(r.get("map_at_r")))  # fmt: skip
+
+
+def score_table(evaluations: list[tuple[str, dict]]) -> str:
+    """The run's scores, first to last, and the change from the first to the last (percent)."""
+    if not evaluations:
+        return ""
+
+    def values(r: dict) -> list[float]:
+        return [100 * r["recall_at"][k] for _, k in SCORE_COLUMNS] + [100 * r["nmi"],
+                                                                      100 * r["map_at_r"]]  # fmt: skip
+
+    head = "".join(f"<th>{h}</th>" for h in ["evaluation", "on", *[c for c, _ in SCORE_COLUMNS],
+                                             "NMI", "MAP@R"])  # fmt: skip
+    rows = []
+    for name, r in evaluations:
+        where = html.escape(f"{r.get('dataset', '?')}/{r.get('split', '?')}")
+        cells = "".join(f"<td>{v:.2f}</td>" for v in values(r))
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{where}</td>{cells}</tr>")
+    if len(evaluations) > 1:
+        first, last = values(evaluations[0][1]), values(evaluations[-1][1])
+        cells = "".join(
+            f'<td class="{"up" if b > a else "down" if b < a else ""}">{b - a:+.2f}</td>'
+            for a, b in zip(first, last, strict=True)
+        )
+        rows.append(f"<tr class='change'><td>change, first → last</td><td></td>{cells}</tr>")
+    return (f"<table class='scores'><tr>{head}</tr>{''.join(rows)}</table>"
+            "<p class='note'>percent; held-out classes where the dataset has a test split</p>")  # fmt: skip
+
+
 def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     from udml_cli.data.images import ImageDataset
     from udml_cli.data.layout import read_split
@@ -264,7 +328,9 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     train = [s for s in read_split(ref, "train") if s.rel not in skipped]
     pseudo = payload.get("pseudo_labels")  # UDML-SS's; STML has no pseudo-classes
     pseudo = pseudo.numpy() if pseudo is not None else np.zeros(0, np.int64)
-    sections = [("Training", curves(run_dir))] if (run_dir / "metrics.jsonl").is_file() else []
+    sections = [("Scores", score_table(run_evaluations(run_dir)))]
+    if (run_dir / "metrics.jsonl").is_file():
+        sections.append(("Training", curves(run_dir)))
     if len(train) == len(pseudo):
         sizes = np.bincount(pseudo, minlength=cfg.cluster.num_clusters).tolist()
         sections += [
