@@ -25,7 +25,7 @@ def _screenshot(page, png):
         pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
     subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--window-size=1100,1600", f"--screenshot={png}", page.as_uri()],
+         "--window-size=1100,2600", f"--screenshot={png}", page.as_uri()],
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     return np.asarray(Image.open(png).convert("RGB"))
@@ -50,7 +50,7 @@ def test_run_report_renders_with_its_pictures(cli, layout, tmp_path):
     text = (run / "report.html").read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
     thumbs = _images(text)
-    assert "losses per step" in text and "<polyline" in text
+    assert "loss per step" in text and "<polyline" in text
     # 8 sampled queries × their 5 nearest, each marked right or wrong (the labels are known)
     assert text.count('class="cell ok"') + text.count('class="cell bad"') == 8 * 5
     _shows(_screenshot(run / "report.html", tmp_path / "run.png"), thumbs[:6])
@@ -129,3 +129,19 @@ def test_a_demo_like_run_report_opens_with_its_scores(cli, layout, tmp_path):
         assert f"<td>{100 * result['map_at_r']:.2f}</td>" in table
     change = 100 * (end["nmi"] - start["nmi"])
     assert f">{change:+.2f}</td>" in table
+
+
+def test_chart_ticks_are_round_and_cover_the_data():
+    from udml_cli.report import line_chart, ticks
+
+    assert ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert ticks(3, 97) == [0, 20, 40, 60, 80, 100]
+    assert ticks(0.6, 0.78) == pytest.approx([0.6, 0.65, 0.7, 0.75, 0.8])
+    assert ticks(0.31, 0.33)[0] <= 0.31 and ticks(0.31, 0.33)[-1] >= 0.33
+    svg = line_chart("loss per step", {"a": [(1, 0.5), (30, 0.2)], "b": [(1, 0.4), (30, 0.3)]},
+                     "step", "loss")  # fmt: skip
+    assert ">step</text>" in svg and ">loss</text>" in svg and svg.count("<polyline") == 2
+    assert ">30</text>" in svg and ">0.5</text>" in svg  # the x and y extremes as ticks
+    tiny = line_chart("rot", {"r": [(1, 1.3881), (9, 1.3899)]})  # a narrow range stays legible
+    labels = re.findall(r'text-anchor="end">([^<]+)<', tiny)
+    assert len(labels) == len(set(labels)) >= 3

@@ -20,7 +20,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 .row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start;margin:6px 0}
 .cell{width:104px;font-size:10px;text-align:center;overflow:hidden}
-.cell img{width:96px;height:96px;object-fit:cover;border:4px solid #ccc;border-radius:4px}
+.cell img{width:96px;height:96px;object-fit:contain;background:#f4f4f4;border:4px solid #ccc;border-radius:4px}
 .cell.q img{border-color:#36c}.cell.ok img{border-color:#2a2}.cell.bad img{border-color:#d22}
 .tile{font-size:10px;text-align:center;max-width:480px;overflow-wrap:anywhere}
 .tile img{height:160px;width:auto;border:4px solid #ccc;border-radius:4px}
@@ -63,29 +63,81 @@ def cell(path: Path, caption: str, kind: str = "") -> str:
     )
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], w=520, h=170) -> str:
-    """Polylines of (x, y) series on shared axes, min/max labelled; empty series left out."""
+def ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2 or 5 times a power of ten apart)."""
+    import math
+
+    if hi <= lo:  # a flat series: a band around it
+        pad = abs(lo) * 0.05 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 5, 10)), key=lambda v: abs(math.log(v / raw)))
+    first = math.floor(lo / step + 1e-9) * step
+    return [round(first + i * step, 12) for i in range(math.ceil((hi - first) / step - 1e-9) + 1)]
+
+
+def _tick_format(values: list[float]) -> str:
+    """As many decimals as the tick step needs (0.02 → 2; 20 → 0); large values in g."""
+    import math
+
+    step = values[1] - values[0] if len(values) > 1 else abs(values[0]) or 1
+    if max(abs(v) for v in values) >= 1e6:
+        return ".3g"
+    return f".{max(0, -math.floor(math.log10(step) + 1e-9))}f"
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step",
+               ylabel: str = "", w=500, h=210) -> str:  # fmt: skip
+    """Polylines of (x, y) series on shared axes: ticks and grid lines on both, axis labels
+    (with units), the legend above the plot (never over a line); empty series left out."""
     series = {name: points for name, points in series.items() if points}
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    sx = (w - 60) / ((x1 - x0) or 1)
-    sy = (h - 56) / ((y1 - y0) or 1)
+    xt = ticks(min(p[0] for p in pts), max(p[0] for p in pts))
+    yt = ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    xf, yf = _tick_format(xt), _tick_format(yt)
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+    left, right, top, bottom = 58, w - 12, 44, h - 36  # the plot area
+    sx = (right - left) / ((x1 - x0) or 1)
+    sy = (bottom - top) / ((y1 - y0) or 1)
+
+    def px(x: float) -> float:
+        return left + (x - x0) * sx
+
+    def py(y: float) -> float:
+        return bottom - (y - y0) * sy
+
     colours = ["#36c", "#d52", "#2a2", "#a3a", "#888"]
     out = [f'<svg width="{w}" height="{h}" role="img"><title>{html.escape(title)}</title>',
-           f'<text x="4" y="14" font-size="12">{html.escape(title)}</text>',
-           f'<text x="4" y="46" font-size="10">{y1:.4g}</text>',
-           f'<text x="4" y="{h - 12}" font-size="10">{y0:.4g}</text>',
-           f'<text x="{w - 60}" y="{h - 2}" font-size="10">{x1:.4g}</text>']  # fmt: skip
+           f'<text x="4" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>']  # fmt: skip
+    for y in yt:
+        out.append(f'<line x1="{left}" x2="{right}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                   'stroke="#eee"/>')  # fmt: skip
+        out.append(f'<text x="{left - 4}" y="{py(y) + 3:.1f}" font-size="10" '
+                   f'text-anchor="end">{y:{yf}}</text>')  # fmt: skip
+    for x in xt:
+        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{bottom}" y2="{bottom + 4}" '
+                   'stroke="#666"/>')  # fmt: skip
+        out.append(f'<text x="{px(x):.1f}" y="{bottom + 15}" font-size="10" '
+                   f'text-anchor="middle">{x:{xf}}</text>')  # fmt: skip
+    out.append(f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#666"/>'
+               f'<line x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" stroke="#666"/>')  # fmt: skip
+    out.append(f'<text x="{(left + right) / 2:.0f}" y="{h - 4}" font-size="11" '
+               f'text-anchor="middle">{html.escape(xlabel)}</text>')  # fmt: skip
+    if ylabel:
+        out.append(f'<text transform="translate(12,{(top + bottom) / 2:.0f}) rotate(-90)" '
+                   f'font-size="11" text-anchor="middle">{html.escape(ylabel)}</text>')  # fmt: skip
+    lx = left
     for i, (name, s) in enumerate(series.items()):
         c = colours[i % len(colours)]
-        poly = " ".join(f"{50 + (x - x0) * sx:.1f},{h - 20 - (y - y0) * sy:.1f}" for x, y in s)
+        poly = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s)
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{poly}"/>')
-        out.append(
-            f'<text x="{50 + 110 * i}" y="30" font-size="11" fill="{c}">{html.escape(name)}</text>'
-        )
+        if len(series) > 1:  # the legend: above the plot area
+            out.append(f'<rect x="{lx}" y="24" width="10" height="10" fill="{c}"/>'
+                       f'<text x="{lx + 14}" y="33" font-size="11">{html.escape(name)}</text>')  # fmt: skip
+            lx += 24 + 7 * len(name)
     return "".join(out) + "</svg>"
 
 
@@ -123,7 +175,7 @@ def retrieval_grid(x: np.ndarray, paths: list[Path], labels, queries: int = 8, k
     rows = []
     for qi, row in zip(picks, sims, strict=True):
         top = np.argsort(-row)[:k]
-        cells = [cell(paths[qi], "query", "q")]
+        cells = [cell(paths[qi], f"query: {_short(paths[qi])}", "q")]
         for j in top:
             kind = "" if labels is None else ("ok" if labels[j] == labels[qi] else "bad")
             cells.append(cell(paths[j], f"{row[j]:.3f}", kind))
@@ -201,22 +253,23 @@ def curves(run_dir: Path) -> str:
 
     r1 = [dict(e, r1=e["recall_at"].get("1")) for e in events
           if e["event"] == "eval" and isinstance(e.get("recall_at"), dict)]  # fmt: skip
-    charts = [
-        line_chart("losses per step", {
-            k: points("step", "step", k) for k in run_losses(run_dir)
-        }),
-        line_chart("images/s", {"images/s": points("step", "step", "images_per_s")}),
+    charts = [  # each loss part on its own axes: their scales differ (rotation ~1.4, Weight ~0.3)
+        *[line_chart(f"{k} per step", {k: points("step", "step", k)}, "step", "loss")
+          for k in run_losses(run_dir)],
+        line_chart("training speed", {"images/s": points("step", "step", "images_per_s")},
+                   "step", "images / s"),
         line_chart("re-clustering: largest cluster / singletons", {
             "largest": points("cluster", "epoch", "size_max"),
             "singletons": points("cluster", "epoch", "singletons"),
-        }),
-        line_chart("re-clustering NMI vs true labels (%)", {"NMI": points("cluster", "epoch", "nmi", 100)}),
-        line_chart("STML neighbours of the same true class (%)", {
+        }, "epoch", "images"),
+        line_chart("re-clustering NMI vs true labels", {"NMI": points("cluster", "epoch", "nmi", 100)},
+                   "epoch", "NMI (%)"),
+        line_chart("STML neighbours of the same true class", {
             "precision": points("neighbours", "epoch", "precision", 100)
-        }),
-        line_chart("evaluation R@1 (%)", {
+        }, "epoch", "precision (%)"),
+        line_chart("evaluation R@1", {
             "R@1": [(e["epoch"], 100 * e["r1"]) for e in r1 if _number(e["r1"])]
-        }),
+        }, "epoch", "R@1 (%)"),
     ]  # fmt: skip
     return f'<div class="charts">{"".join(c for c in charts if c)}</div>'
 

@@ -177,7 +177,7 @@ def search(
 
         rows = []
         for res in results:
-            cells = [cell(Path(res["query"]), "query", "q")]
+            cells = [cell(Path(res["query"]), f"query: {Path(res['query']).name}", "q")]
             cells += [
                 cell(idx.folder / h["path"], f"{h['similarity']:.3f}") for h in res["neighbours"]
             ]
