@@ -115,3 +115,16 @@ def test_a_damaged_calibration_is_one_line(cli, tmp_path):
     (idx / "index.json").write_text(json.dumps(meta))
     r = cli("duplicates", "--index", idx)
     assert r.code != 0 and "duplicates entry is malformed" in r.err and "Traceback" not in r.err
+
+
+def test_nearest_other_against_a_loop():
+    from udml_cli.calibration import nearest_other
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x[7] = x[3]  # an exact duplicate: its nearest other is the twin (1.0), never itself
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = nearest_other(x, np.random.default_rng(0))
+    want = [max(float(x[i] @ x[j]) for j in range(60) if j != i) for i in range(60)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(nearest_other(x, np.random.default_rng(0), most=10)) == 10

@@ -212,3 +212,43 @@ def test_image_size_with_a_checkpoint_is_applied_and_said(cli, layout, tmp_path)
     assert cli("embed", images, *ckpt, "-o", tmp_path / "a.npy").code == 0
     assert cli("embed", images, *ckpt, "--image-size", "24", "-o", tmp_path / "b.npy").code == 0
     assert not np.allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_tensorboard_logs_scalars_and_the_projector(cli, layout, tmp_path):
+    """train.log = ["jsonl", "tensorboard"]: event files TensorBoard's own reader loads, with the
+    loss, learning-rate, re-clustering and evaluation tags, and the projector's files."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    r = cli("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "2",
+            "--set", 'train.log=["jsonl", "tensorboard"]', "--set", "train.eval_step=1")  # fmt: skip
+    assert r.code == 0, r.err
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/weight_loss", "train/rot_loss", "train/images_per_s",
+            "lr/backbone", "lr/head", "cluster/nmi", "eval/R@1", "eval/nmi",
+            "epoch/mean_loss"} <= tags, tags  # fmt: skip
+    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "step"]
+    logged = acc.Scalars("train/loss")
+    assert [s.step for s in logged] == [e["step"] for e in steps]
+    assert [s.value for s in logged] == pytest.approx([e["loss"] for e in steps], rel=1e-6)
+    r1 = [100 * e["recall_at"]["1"] for e in events if e["event"] == "eval"]
+    assert [s.value for s in acc.Scalars("eval/R@1")] == pytest.approx(r1, rel=1e-6)
+    config = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == len(r1)  # one projector view per evaluation
+    assert "sprite" in config and "metadata_path" in config
+
+
+def test_tensorboard_asked_for_but_missing_or_without_jsonl(cli, layout, tmp_path, monkeypatch):
+    import udml_cli.board as board
+
+    monkeypatch.setattr(board, "available", lambda: False)
+    r = cli("train", "--dataset", layout, "--out", tmp_path / "r", *TINY,
+            "--set", 'train.log=["jsonl", "tensorboard"]')  # fmt: skip
+    assert r.code == 2 and "pip install tensorboard" in r.err and "Traceback" not in r.err
+    r = cli("train", "--dataset", layout, "--out", tmp_path / "r", *TINY,
+            "--set", 'train.log=["tensorboard"]')  # fmt: skip
+    assert r.code == 2 and 'always holds "jsonl"' in r.err

@@ -3,10 +3,11 @@
 A sample of the indexed images is edited the ways people edit the pictures they duplicate
 (``data/named_edits.py``: crop, mirror, brightness, greyscale, rotation, blur, shrink + JPEG,
 a caption; mild and strong) and each copy's similarity to its original is measured: the
-positives. The negatives are each sampled image's most similar *other* image in the folder —
-except a neighbour at least as close as the image's typical edited copy (the median over its
-sixteen), which is taken for a copy the folder already holds (counted as a non-copy, it would
-push the threshold above the copies the user wants found). The threshold is the lowest at which
+positives. The negatives are every image's most similar *other* image in the folder (one exact
+search over the index, nothing to embed; 20,000 images drawn beyond that) — except a neighbour at
+least as close as a typical edited copy (the median of the sample's copies), which is taken for a
+copy the folder already holds (counted as a non-copy, it would push the threshold above the
+copies the user wants found). The threshold is the lowest at which
 
     precision = recall / (recall + false-match rate) ≥ the asked precision
 
@@ -37,7 +38,7 @@ class Calibration:
     recall: dict[str, float]  # per edit kind, at the threshold (mild and strong together)
     false_match_rate: float  # of the negatives, at the threshold
     hardest_negative: float
-    negatives: int  # sampled images whose nearest other image is not taken for a copy
+    negatives: int  # images whose nearest other image is not taken for a copy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,17 +57,16 @@ class Calibration:
     def summary(self) -> str:
         if self.negatives < MIN_NEGATIVES:
             return (
-                f"duplicate threshold: the default {self.threshold} (only {self.negatives} of the "
-                f"{self.sample} sampled images have a look-alike to calibrate against; at least "
+                f"duplicate threshold: the default {self.threshold} (only {self.negatives} images "
+                f"have a look-alike that is not taken for a copy to calibrate against; at least "
                 f"{MIN_NEGATIVES} are needed)"
             )
         kinds = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.recall.items())
         return (
             f"duplicate threshold {self.threshold:.4f} for precision {self.precision:g}, "
-            f"calibrated on edited copies of {self.sample} of these images against their most "
-            f"similar other images ({self.negatives} of them, {100 * self.false_match_rate:.1f}% "
-            f"above it, the closest at {self.hardest_negative:.4f}); expected recall per edit: "
-            f"{kinds}"
+            f"calibrated on edited copies of {self.sample} of these images against each image's "
+            f"most similar other image ({self.negatives} not taken for copies, "
+            f"{100 * self.false_match_rate:.1f}% above it); expected recall per edit: {kinds}"
         )
 
 
@@ -111,6 +111,22 @@ class _Synthesised(torch.utils.data.Dataset):
         return self.transform(apply(im, kind, which)), i
 
 
+def nearest_other(vectors: np.ndarray, rng, most: int = 20_000) -> np.ndarray:
+    """The similarity of each row (of ``most`` drawn at random, beyond that) to its most similar
+    other row: nothing to embed, one exact search."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(x) < 2:
+        return np.zeros(0, np.float32)
+    ask = np.sort(rng.choice(len(x), most, replace=False)) if len(x) > most else np.arange(len(x))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    sim, found = index.search(x[ask], 2)
+    other = np.where(found[:, 0] == ask, sim[:, 1], sim[:, 0])  # ties: the first need not be self
+    return other.astype(np.float32)
+
+
 def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: float,
               progress=None, seed: int = 0, sample: int | None = None) -> Calibration:  # fmt: skip
     """Calibrate on ``paths`` (the indexed files, rows of ``vectors``) with their ``model``."""
@@ -130,14 +146,12 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
     full[ok] = x
     full = full.reshape(len(rows), len(edits), -1)
     sims = np.einsum("red,rd->re", full, vectors[rows])  # each copy against its original
-    nearest = vectors[rows] @ vectors.T
-    nearest[np.arange(len(rows)), rows] = -np.inf
-    nearest = nearest.max(1) if len(vectors) > 1 else np.full(len(rows), -1.0)
     readable = ~np.isnan(sims).any(1)
     if not readable.any():
         raise DatasetError("none of the calibration sample's images could be read")
-    sims, nearest = sims[readable], nearest[readable]
-    negs = nearest[nearest < np.median(sims, 1)].astype(np.float32)  # closer: taken for a copy
+    sims = sims[readable]
+    nearest = nearest_other(vectors, rng)
+    negs = nearest[nearest < np.median(sims)].astype(np.float32)  # closer: taken for a copy
     t = choose_threshold(sims.ravel().astype(np.float32), negs, precision)
     if len(negs) < MIN_NEGATIVES:
         from udml_cli.index import DEFAULT_THRESHOLD

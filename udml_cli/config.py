@@ -189,6 +189,13 @@ class TrainConfig(_Section):
     final_eval: bool = Field(
         True, description="evaluate the start and the end on a labelled test split, if any"
     )
+    log: list[Literal["jsonl", "tensorboard"]] = Field(
+        ["jsonl"],
+        min_length=1,
+        description="where the run's records go: jsonl (RUN/metrics.jsonl, always) and "
+        "tensorboard (RUN/tensorboard/: scalars and, at each evaluation, the embedding "
+        "projector; needs the tensorboard package)",
+    )
     feature_cache: int = Field(
         0, ge=0, le=64,
         description="with model.freeze_backbone = 1: compute the backbone's features of N "
@@ -201,6 +208,13 @@ class TrainConfig(_Section):
         "does); off, they hold what eval/embed need",
     )
     seed: int = SEED
+
+    @model_validator(mode="after")
+    def _jsonl_always(self) -> TrainConfig:
+        if "jsonl" not in self.log:
+            raise ValueError("train.log always holds \"jsonl\" (metrics.jsonl is what resume, "
+                             "report and eval read); add tensorboard beside it")  # fmt: skip
+        return self
 
 
 class StmlConfig(_Section):

@@ -65,6 +65,15 @@ class Trainer:
         self.method = kind(Run(cfg, self.model, engine, self))
         self.optimizer = build_optimizer(cfg, self.model, self.method)
         self.step_forward = self.method.forward_module()  # ``run`` wraps it in DDP
+        self.board = None  # TensorBoard (train.log), opened by ``run`` on rank 0
+        if "tensorboard" in cfg.train.log:
+            from udml_cli import board
+
+            if not board.available():
+                raise UsageError(
+                    "train.log asks for tensorboard but the tensorboard package is not "
+                    "installed: pip install tensorboard (or udml[tensorboard])"
+                )
 
     # ---- what a method asks of the loop ------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -72,6 +81,8 @@ class Trainer:
             return
         record = {"event": event, "epoch": self.epoch, "step": self.step, **fields}
         append_line(self.log_path, json.dumps(record))
+        if self.board is not None:
+            self.board.record(event, self.step, fields)
 
     def features(self, view: str = "eval") -> np.ndarray:
         """The pooled backbone feature of every training image (see ``TrainingImages``); with
@@ -162,12 +173,24 @@ class Trainer:
     def run(self, resume_from: Path | None = None, evaluate=None, payload: dict | None = None):
         """Train to ``train.epochs``; ``resume_from`` (with ``payload``, its contents if read)
         continues a run. Returns the path of ``last.pt``."""
-        cfg, t, method = self.cfg, self.cfg.train, self.method
+        cfg, t = self.cfg, self.cfg.train
         if resume_from is not None:
             self.resume(resume_from, payload)  # every check first: a refused resume changes nothing
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.toml", cfg.to_toml())
+            if "tensorboard" in t.log:
+                from udml_cli.board import Board
+
+                self.board = Board(self.out / "tensorboard", self)
+        try:
+            return self._run(resume_from, evaluate)
+        finally:
+            if self.board is not None:
+                self.board.close()
+
+    def _run(self, resume_from, evaluate) -> Path:
+        t, method = self.cfg.train, self.method
         if resume_from is not None:
             if self.main:
                 forget_steps_after(self.log_path, self.step)
