@@ -14,6 +14,7 @@ from udml_cli.cli import (
     dataset,
     embed,
     evaluate,
+    export,
     launch,
     report,
     search,
@@ -76,6 +77,7 @@ app.command("index")(search.index)
 app.command("search")(search.search)
 app.command("duplicates")(search.duplicates)
 app.command("report")(report.report)
+app.command("export")(export.export)
 
 
 @app.command("templates")
