@@ -205,17 +205,26 @@ def main() -> None:
                 {"seconds": seconds}  # fmt: skip
             t = best_threshold(dist.astype(float), family, higher=False)
             rows[f"{name} ≤ {t:.0f} (best F1, hindsight)"] = pair_scores(dist <= t, family, edit)
-            if name == "imagededup PHash":
-                phash = dist
         t0 = time.perf_counter()
         hashes = [imagehash.phash(Image.open(p)) for p in paths]
         dist = np.array([[a - b for b in hashes] for a in hashes])
         rows["imagehash pHash ≤ 10"] = pair_scores(dist <= 10, family, edit) | \
             {"seconds": time.perf_counter() - t0}  # fmt: skip
-        last = sims[args.variants[0]]
-        cal_t = next(float(k.split("@ ")[1].split(" ")[0]) for k in rows if "calibrated" in k)
-        rows[f"udml {args.variants[0]} calibrated OR PHash ≤ 6"] = pair_scores(
-            (last >= cal_t) | (phash <= 6), family, edit)  # fmt: skip
+        # what `udml duplicates` does by default: the calibrated threshold joined with udml's
+        # own perceptual hashes at most 6 bits apart
+        from udml_cli.phash import DEFAULT_DISTANCE, file_hashes
+
+        t0 = time.perf_counter()
+        codes = file_hashes(paths)
+        hash_s = time.perf_counter() - t0
+        bits = np.unpackbits(codes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
+        ours = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+        for variant in args.variants:
+            key = next(k for k in rows if k.startswith(f"udml {variant} @") and "calibrated" in k)
+            cal_t = float(key.split("@ ")[1].split(" ")[0])
+            rows[f"udml {variant} @ {cal_t:.3f} + pHash ≤ {DEFAULT_DISTANCE} (udml duplicates "
+                 "default)"] = pair_scores((sims[variant] >= cal_t) | (ours <= DEFAULT_DISTANCE),
+                                           family, edit) | {"hashing seconds": hash_s}  # fmt: skip
     for case, metrics in rows.items():
         for metric, value in metrics.items():
             res.add(case, metric, value, higher_is_better=metric != "seconds")

@@ -356,7 +356,7 @@ def run_summary(out: str | Path) -> dict:
 def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=None,
                 weights="imagenet", image_size=None, device="auto", strict=False, progress=None,
                 *, replace: bool = False, ask=None, calibrate: bool = True,
-                precision: float | None = None):  # fmt: skip
+                precision: float | None = None, hashes: bool = True):  # fmt: skip
     """Embed ``folder`` into the index folder ``out``, one writer at a time (a lock beside it).
 
     ``out`` new or empty: written. An index of the same folder and model: updated, embedding
@@ -399,6 +399,18 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
             vectors[todo_arr[ok]] = x
             keep[todo_arr[~ok]] = False
         rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
+        codes = None
+        if hashes:
+            from udml_cli.phash import file_hashes
+
+            codes = np.zeros(len(files), np.uint64)
+            known = old is not None and old.hashes is not None
+            for pos, row in reuse.items():
+                if known:
+                    codes[pos] = old.hashes[row]
+            need = [p for p in range(len(files)) if keep[p] and not (known and p in reuse)]
+            codes[need] = file_hashes([files[p][3] for p in need], progress, folder.name)
+            codes = codes[keep]
         calibration, fresh = None, False
         if calibrate:
             from udml_cli.calibration import DEFAULT_PRECISION
@@ -412,7 +424,7 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
                 calibration = run_calibration(model, cfg, vectors[keep], [folder / r[0] for r in rows],
                                               precision, progress).to_dict()  # fmt: skip
                 fresh = True
-        index = Index(folder, ident, vectors[keep], rows, calibration=calibration)
+        index = Index(folder, ident, vectors[keep], rows, calibration=calibration, hashes=codes)
         index.save(out)
     index.embedded, index.kept = len(todo) - int((~keep).sum()), len(reuse)
     index.calibrated = fresh

@@ -33,6 +33,7 @@ FORMAT = "udml-index"
 VERSION = 2
 MANIFEST = "index.json"
 DATA_FILES = ("vectors.npy", "files.jsonl", "index.faiss")
+HASHES = "hashes.npy"  # optional: perceptual hashes, listed in the manifest when written
 LEGACY_FILES = ("vectors.npy", "files.tsv", "index.faiss")  # version 1: flat, no generations
 IVF_FROM = 20_000  # rows from which duplicates use an IVF index (exact below)
 # Near-duplicate threshold on cosine similarity: see BENCHMARKS.md ("duplicates") for how it was
@@ -100,6 +101,7 @@ class Index:
     generation: str | None = None
     # the duplicate threshold calibrated on these images (``calibration.Calibration.to_dict``)
     calibration: dict | None = None
+    hashes: np.ndarray | None = None  # (N,) uint64 perceptual hashes (``phash.py``), if made
 
     @property
     def paths(self) -> list[str]:
@@ -131,8 +133,13 @@ class Index:
             rows = "".join(json.dumps([r, int(s), int(m)]) + "\n" for r, s, m in self.files)
             (tmp / "files.jsonl").write_text(rows, encoding="ascii")
             (tmp / "index.faiss").write_bytes(faiss.serialize_index(self.faiss()).tobytes())
+            names = list(DATA_FILES)
+            if self.hashes is not None:
+                with open(tmp / HASHES, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(self.hashes, dtype=np.uint64))
+                names.append(HASHES)
             listed = {}
-            for name in DATA_FILES:
+            for name in names:
                 _fsync(tmp / name)
                 listed[name] = {"bytes": (tmp / name).stat().st_size,
                                 "sha256": file_sha256(tmp / name)}  # fmt: skip
@@ -173,7 +180,8 @@ class Index:
             if not (isinstance(model, dict) and isinstance(gen, str) and gen.startswith("gen-")
                     and "/" not in gen and count >= 0 and dim >= 1):  # fmt: skip
                 raise ValueError
-            sums = {n: (int(listed[n]["bytes"]), str(listed[n]["sha256"])) for n in DATA_FILES}
+            names = [*DATA_FILES, *([HASHES] if HASHES in listed else [])]
+            sums = {n: (int(listed[n]["bytes"]), str(listed[n]["sha256"])) for n in names}
         except (KeyError, TypeError, ValueError):
             raise DamagedIndex(f"{manifest}: a field is missing or malformed; {hint}") from None
         gdir = out / gen
@@ -204,13 +212,23 @@ class Index:
                 f"{path}: {int(bad.sum())} rows hold NaN or infinite values (first: "
                 f"{files[first][0]!r}); the model that made them is broken; {hint}"
             )
+        hashes = None
+        if HASHES in sums:
+            try:
+                hashes = np.load(gdir / HASHES, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise DamagedIndex(
+                    f"{gdir / HASHES}: not a .npy array ({_why(e)}); {hint}"
+                ) from None
+            if hashes.dtype != np.uint64 or hashes.shape != (count,):
+                raise DamagedIndex(f"{gdir / HASHES}: not {count} uint64 hashes; {hint}")
         calibration = meta.get("duplicates")
         if calibration is not None:
             from udml_cli.calibration import Calibration
 
             if Calibration.from_dict(calibration) is None:
                 raise DamagedIndex(f"{manifest}: its duplicates entry is malformed; {hint}")
-        return cls(folder, model, vectors, files, out, gen, calibration)
+        return cls(folder, model, vectors, files, out, gen, calibration, hashes)
 
     def stored_faiss(self):
         """The faiss index saved with these rows (checked: same count and dimension)."""
@@ -362,6 +380,23 @@ def index_state(out: Path) -> tuple[str, Index | str | None]:
         return "damaged", str(e)
 
 
+def hash_distance(idx: Index, given: int | None, off: bool) -> tuple[int | None, str]:
+    """The perceptual-hash distance ``udml duplicates`` joins pairs at, and what to say."""
+    from udml_cli.phash import DEFAULT_DISTANCE
+
+    if off:
+        return None, "the embedding alone (--no-hash)"
+    if idx.hashes is None:
+        if given is not None:
+            raise UsageError(
+                "--hash-distance: this index holds no perceptual hashes; re-run udml index "
+                "(it makes them unless --no-hashes)"
+            )
+        return None, "the embedding alone (this index holds no perceptual hashes)"
+    d = DEFAULT_DISTANCE if given is None else given
+    return d, f"joined with perceptual hashes at most {d} bits apart (--hash-distance; --no-hash)"
+
+
 def duplicate_threshold(idx: Index, given: float | None) -> tuple[float, str]:
     """The threshold ``udml duplicates`` uses and why: ``given`` (--threshold), else the one
     calibrated when the index was built, else the default."""
@@ -428,6 +463,27 @@ def duplicate_pairs(
             for a in (rows, cols))  # fmt: skip
     s = np.concatenate(sims).astype(np.float32) if sims else np.zeros(0, np.float32)
     return r, c, s
+
+
+def joined_pairs(vectors: np.ndarray, threshold: float, index=None, hashes=None,
+                 distance: int | None = None):  # fmt: skip
+    """``duplicate_pairs`` joined with the pairs whose perceptual ``hashes`` are at most
+    ``distance`` bits apart (None: the embedding alone); every pair carries its embedding
+    similarity."""
+    r, c, s = duplicate_pairs(vectors, threshold, index)
+    if hashes is None or distance is None:
+        return r, c, s
+    from udml_cli.phash import hash_pairs
+
+    hr, hc = hash_pairs(hashes, distance)
+    n = len(vectors)
+    have = set((r * n + c).tolist())
+    new = np.array([k for k in (hr * n + hc).tolist() if k not in have], np.int64)
+    if not len(new):
+        return r, c, s
+    nr, nc = new // n, new % n
+    ns = np.einsum("ij,ij->i", vectors[nr], vectors[nc]).astype(np.float32)
+    return np.concatenate([r, nr]), np.concatenate([c, nc]), np.concatenate([s, ns])
 
 
 def duplicate_groups(

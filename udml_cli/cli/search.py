@@ -48,6 +48,13 @@ def index(
             "(stored in the index; udml duplicates uses it)."
         ),
     ] = True,
+    hashes: Annotated[
+        bool,
+        typer.Option(
+            help="Store each image's perceptual hash too (udml duplicates joins the pairs it "
+            "finds with the embedding's: they find opposite edits)."
+        ),
+    ] = True,
     precision: Annotated[
         float,
         typer.Option(
@@ -82,7 +89,7 @@ def index(
     with progress() as bar:
         idx = build_index(folder, out, checkpoint, backbone, weights or "imagenet", image_size,
                           device or "auto", strict, bar, replace=yes, ask=asked,
-                          calibrate=calibrate, precision=precision)  # fmt: skip
+                          calibrate=calibrate, precision=precision, hashes=hashes)  # fmt: skip
     console.print(
         f"indexed {len(idx.files)} images of {idx.folder} in {out}: {idx.embedded} embedded, "
         f"{idx.kept} unchanged kept"
@@ -213,6 +220,18 @@ def duplicates(
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="Write the --keep CSV to this file.")
     ] = None,
+    hash_distance: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=32,
+            help="Also join pairs whose perceptual hashes are at most this many bits apart "
+            "(default 6 when the index holds hashes).",
+        ),
+    ] = None,
+    no_hash: Annotated[
+        bool, typer.Option("--no-hash", help="Join pairs by the embedding alone.")
+    ] = False,
     html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -228,7 +247,13 @@ def duplicates(
     udml duplicates --index idx/photos --keep newest --csv review.csv --html review.html
     """
     from udml_cli.errors import UsageError
-    from udml_cli.index import Index, duplicate_groups, duplicate_pairs, duplicate_threshold
+    from udml_cli.index import (
+        Index,
+        duplicate_groups,
+        duplicate_threshold,
+        joined_pairs,
+    )
+    from udml_cli.index import hash_distance as distance_of
     from udml_cli.review import csv_rows, review, write_csv
 
     keep = None if keep_rule is None else keep_rule.value
@@ -241,8 +266,9 @@ def duplicates(
         if path is not None:
             ensure_writable(path, what)
     t, why = duplicate_threshold(idx, threshold)
-    console.print(f"using {why}")
-    pairs = duplicate_pairs(idx.vectors, t, idx.stored_faiss())
+    d, joined = distance_of(idx, hash_distance, no_hash)
+    console.print(f"using {why}; {joined}")
+    pairs = joined_pairs(idx.vectors, t, idx.stored_faiss(), idx.hashes, d)
     groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
                     idx.folder, keep)  # fmt: skip
     paths = idx.paths
@@ -294,4 +320,5 @@ def duplicates(
             "(nothing was deleted)"
         )
     if as_json:
-        emit_json({"index": str(index_dir), "threshold": t, "threshold_from": why, "groups": out})
+        emit_json({"index": str(index_dir), "threshold": t, "threshold_from": why,
+                   "hash_distance": d, "groups": out})  # fmt: skip
