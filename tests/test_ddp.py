@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, inproc, run_udml
@@ -212,3 +213,32 @@ def test_the_launcher_reports_a_failure_once():
     # a process's own error, when rank 0 had none
     with pytest.raises(TrainingError, match="process 2 of 4 stopped: disk full"):
         _report({2: Failure(exitcode=1)}, {2: "disk full"}, 4)
+
+
+def test_index_and_embed_in_two_processes_equal_one(layout, tmp_path):
+    """``udml index|embed --nproc 2``: each process embeds its contiguous share, rank 0 writes:
+    the same files, in the same order, with the same vectors and hashes as one process."""
+    from udml_cli.index import Index
+
+    folder = layout / "train"
+    model = ["--backbone", "tiny-test", "--weights", "none", "--image-size", "16"]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        r = run_udml("index", folder, "--out", tmp_path / name, *model, *extra)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.decode().count("indexed 48 images") == 1, r.stderr  # rank 0 speaks
+    one, two = Index.load(tmp_path / "one"), Index.load(tmp_path / "two")
+    assert one.files == two.files
+    np.testing.assert_allclose(two.vectors, one.vectors, atol=1e-5)
+    assert np.array_equal(one.hashes, two.hashes)
+    assert two.calibration["threshold"] == pytest.approx(one.calibration["threshold"], abs=1e-4)
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        r = run_udml("embed", folder, "-r", "--out", tmp_path / f"{name}.npy", *model, *extra)
+        assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"),
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), one.vectors, atol=1e-5)
+    r = run_udml("embed", folder, "-r", *model, "--nproc", "2")  # rank 0 writes stdout
+    assert r.returncode == 0, r.stderr
+    import io
+
+    np.testing.assert_allclose(np.load(io.BytesIO(r.stdout)), one.vectors, atol=1e-5)

@@ -364,7 +364,9 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
     whole only with ``replace=True`` or when ``ask(question, refuse)`` says yes (it raises to
     refuse; no ``ask``: refused). A folder that is not a udml index: always refused. The new
     index replaces the old in one step once it is complete (see ``udml_cli.index``)."""
-    from udml_cli.errors import DatasetError, UsageError
+    import contextlib
+
+    from udml_cli.errors import DatasetError, UsageError, quiet_rank
     from udml_cli.fileio import ensure_writable_dir
     from udml_cli.index import Index, index_state, model_identity, plan_update, refuse_foreign
     from udml_cli.runs import RunLock
@@ -374,7 +376,8 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
         raise DatasetError(f"not a folder: {folder}")
     ensure_writable_dir(out, "--out")
     refuse_foreign(out)  # a folder that is not an index: refused before the model loads
-    with RunLock(out, "udml index"):
+    writer = not quiet_rank()  # under --nproc, rank 0 locks and writes; every rank embeds
+    with RunLock(out, "udml index") if writer else contextlib.nullcontext():
         state, old = index_state(out)
         model, cfg = load_model(checkpoint, backbone, weights, image_size, device)
         ident = model_identity(Path(checkpoint) if checkpoint else None, cfg)
@@ -400,7 +403,7 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
             keep[todo_arr[~ok]] = False
         rows = [(r, s, m) for (r, s, m, _), k in zip(files, keep.tolist(), strict=True) if k]
         codes = None
-        if hashes:
+        if hashes and writer:
             from udml_cli.phash import file_hashes
 
             codes = np.zeros(len(files), np.uint64)
@@ -425,7 +428,8 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
                                               precision, progress).to_dict()  # fmt: skip
                 fresh = True
         index = Index(folder, ident, vectors[keep], rows, calibration=calibration, hashes=codes)
-        index.save(out)
+        if writer:
+            index.save(out)
     index.embedded, index.kept = len(todo) - int((~keep).sum()), len(reuse)
     index.calibrated = fresh
     return index

@@ -264,6 +264,14 @@ def distributed_session(engine: Engine):
         dist.destroy_process_group()
 
 
+def session_for(device: str):
+    """``distributed_session`` for a command that embeds (``udml index|embed --nproc``): the
+    process group of the processes torchrun started, nothing in a plain process."""
+    from udml_cli.config import EngineConfig
+
+    return distributed_session(resolve_engine(EngineConfig(device=device)))
+
+
 @contextlib.contextmanager
 def deferred_signals():
     """Ctrl-C and SIGTERM wait until the work inside is done (a checkpoint being written), then

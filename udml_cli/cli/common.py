@@ -154,6 +154,14 @@ DatasetOpt = Annotated[
     ),
 ]
 SplitOpt = Annotated[str, typer.Option(help="Which split: train or test.")]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Embed in N processes (gloo on the CPU, one GPU each with CUDA), each its "
+        "contiguous share of the images; rank 0 writes. Same rows as one process.",
+    ),
+]
 HtmlOpt = Annotated[
     Path | None, typer.Option("--html", help="Also write an HTML gallery of the result.")
 ]

@@ -14,6 +14,7 @@ from udml_cli.cli.common import (
     ConfigOpt,
     DeviceOpt,
     ImageSizeOpt,
+    NprocOpt,
     SetOpt,
     StrictOpt,
     WeightsOpt,
@@ -43,6 +44,7 @@ def embed(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    nproc: NprocOpt = None,
 ) -> None:
     """Embed every image under FOLDER (sorted order) into an (N, dim) float32 .npy.
 
@@ -73,12 +75,25 @@ def embed(
     for target, what in ((out, "--out"), (paths, "--paths")):
         if target is not None:
             ensure_writable(target, what)
+    from udml_cli.cli import launch
+    from udml_cli.cli.session import SESSION
+    from udml_cli.engine import launched_rank, session_for
+
+    rank, world = launched_rank()[:2]
+    if nproc and world == 1:  # this process starts the N that embed
+        launch.launch(nproc, launch.without_nproc(SESSION.args))
+        return
     cfg = load_config(config, set_, model_flags(backbone, weights, device, image_size))
     model, cfg, _ = load_model(cfg, checkpoint, backbone)
     # the rows go straight to a .npy on disk (beside --out, renamed when complete; or a
-    # temp file copied to stdout): memory stays flat however many images there are
-    with progress() as bar:
-        if out is not None:
+    # temp file copied to stdout): memory stays flat however many images there are; under
+    # --nproc each process embeds its share, rank 0 gathers the rows in memory and writes them
+    with session_for(cfg.engine.device), progress() as bar:
+        if world > 1:
+            count, dim, ok = _embed_shared(out, model, cfg, files, strict, bar, folder, rank)
+            if rank:
+                return
+        elif out is not None:
             with atomic_path(out) as tmp_out:
                 count, dim, ok = _embed_to(tmp_out, model, cfg, files, strict, bar, folder)
         else:
@@ -99,6 +114,27 @@ def embed(
         f"embedded {count} images → ({count}, {dim}) float32"
         + (f"; skipped {bad} unreadable" if bad else "")
     )
+
+
+def _embed_shared(out, model, cfg, files, strict, bar, folder: Path, rank: int):
+    """Under ``--nproc``: every process embeds its share (``engine.extract`` gathers them);
+    rank 0 writes the rows to ``out`` or stdout."""
+    import numpy as np
+
+    from udml_cli.api import embed_files
+    from udml_cli.fileio import atomic_path
+
+    x, ok = embed_files(model, cfg, files, strict, bar, folder.name)
+    if rank == 0:
+        if out is not None:
+            with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(x, dtype=np.float32))
+        else:
+            sink = data_stream()
+            sink.flush()
+            np.save(sink.buffer, np.ascontiguousarray(x, dtype=np.float32))
+            sink.flush()
+    return x.shape[0], x.shape[1], ok
 
 
 def _embed_to(target: Path, model, cfg, files, strict, bar, folder: Path):

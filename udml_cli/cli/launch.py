@@ -64,7 +64,7 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="udml-errors-") as errors:
         try:
-            with SESSION.handing_errors_to(errors):
+            with SESSION.handing_errors_to(errors), _real_stdout():
                 elastic_launch(config, sys.executable)("-m", "udml_cli", *args)
         except SignalException:  # Ctrl-C: every process got it too; rank 0 saved and said so
             sys.exit(130)
@@ -73,6 +73,25 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
             last = out / "last.pt" if out is not None else None
             kept = last if last is not None and _written_since(last, started) else None
             _report(e.failures, said, nproc, kept)
+
+
+@contextlib.contextmanager
+def _real_stdout():
+    """The processes inherit the real stdout as their file descriptor 1 (this process points
+    its own at stderr, ``app.main``): rank 0 of ``udml embed --nproc`` writes data there."""
+    from udml_cli.cli.session import SESSION
+
+    fd = getattr(SESSION.data, "fd", None)
+    if fd is None:
+        yield
+        return
+    own = os.dup(1)
+    os.dup2(fd, 1)
+    try:
+        yield
+    finally:
+        os.dup2(own, 1)
+        os.close(own)
 
 
 def _written_since(path: Path, started: float) -> bool:

@@ -16,6 +16,7 @@ from udml_cli.cli.common import (
     HtmlOpt,
     ImageSizeOpt,
     JsonOpt,
+    NprocOpt,
     StrictOpt,
     WeightsOpt,
     YesOpt,
@@ -41,6 +42,7 @@ def index(
     device: DeviceOpt = None,
     strict: StrictOpt = False,
     yes: YesOpt = False,
+    nproc: NprocOpt = None,
     calibrate: Annotated[
         bool,
         typer.Option(
@@ -78,18 +80,27 @@ def index(
     udml index ~/photos --backbone efficientnet_lite0 --weights imagenet --out idx/start
     """
     from udml_cli.api import build_index
+    from udml_cli.cli import launch
+    from udml_cli.cli.session import SESSION
+    from udml_cli.engine import launched_rank, session_for
     from udml_cli.fileio import ensure_writable_dir
 
     ensure_writable_dir(out, "--out")
+    rank, world = launched_rank()[:2]
+    if nproc and world == 1:  # this process starts the N that embed
+        launch.launch(nproc, launch.without_nproc(SESSION.args))
+        return
 
     def asked(question: str, refuse: str) -> bool:
         confirm(question, yes, refuse)
         return True
 
-    with progress() as bar:
+    with session_for(device or "auto"), progress() as bar:
         idx = build_index(folder, out, checkpoint, backbone, weights or "imagenet", image_size,
                           device or "auto", strict, bar, replace=yes, ask=asked,
                           calibrate=calibrate, precision=precision, hashes=hashes)  # fmt: skip
+    if rank:
+        return
     console.print(
         f"indexed {len(idx.files)} images of {idx.folder} in {out}: {idx.embedded} embedded, "
         f"{idx.kept} unchanged kept"
