@@ -122,7 +122,41 @@ def main() -> None:
                 higher_is_better=True, target=0.85, unit="img/s")  # fmt: skip
         res.add(f"one epoch of {args.iters} batches incl. the first clustering", "seconds",
                 t_run.seconds, unit="s")  # fmt: skip
+    hot_loops(res, args.device, args.quick)
     res.write()
+
+
+def hot_loops(res, device: str, quick: bool) -> None:
+    """k-means (k-means++ and Lloyd), the evaluation kNN and the duplicate pair search: torch on
+    ``device`` (what udml runs when CUDA is present) against faiss on the CPU, same data."""
+    import numpy as np
+    import torch
+
+    from udml_cli.clustering import kmeans
+    from udml_cli.index import duplicate_pairs
+    from udml_cli.metrics import retrieval_metrics
+
+    on = torch.device(device)
+    n, d, k = (2_000, 64, 50) if quick else (60_000, 512, 1_000)  # SOP-size clustering
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = rng.integers(0, n // 5, n)
+    cases = [
+        ("k-means++ and 20 Lloyd iterations", lambda dev: kmeans(x, k, 20, device=dev)),
+        ("evaluation kNN + metrics", lambda dev: retrieval_metrics(x, labels, [1, 10, 100],
+                                                                   device=dev)),
+        ("duplicate pairs ≥ 0.5", lambda dev: duplicate_pairs(x, 0.5, device=dev)),
+    ]  # fmt: skip
+    for name, run in cases:
+        with Timer() as cpu:
+            run(False)  # faiss on the CPU, whatever is present
+        with Timer() as dev:
+            run(on)
+            if on.type == "cuda":
+                torch.cuda.synchronize()
+        res.add(f"{name}, {n} × {d} (faiss CPU = baseline)", "seconds", dev.seconds,
+                cpu.seconds, unit="s")  # fmt: skip
 
 
 def _sync(engine) -> None:

@@ -30,14 +30,15 @@ class KMeansResult:
     iterations: int = 0  # Lloyd iterations run (refine; faiss: the fixed niter)
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, trials: int | None = None) -> np.ndarray:
+def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, trials: int | None = None,
+                   device=None) -> np.ndarray:  # fmt: skip
     """Greedy k-means++ (Arthur & Vassilvitskii; scikit-learn's variant): each new centre is the best
     of ``2 + ln k`` D²-sampled candidates. The candidates' distances come from one matrix product
     per centre, so the cost is one pass over the data per centre."""
     import torch
 
     rng = np.random.default_rng(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device or "cpu")
     n = xt.shape[0]
     trials = trials or 2 + int(np.log(k))
     sq = (xt * xt).sum(1)
@@ -45,9 +46,9 @@ def kmeans_pp_init(x: np.ndarray, k: int, seed: int = 0, trials: int | None = No
     chosen = [first]
     closest = (sq - 2 * (xt @ xt[first]) + sq[first]).clamp_min_(0)
     for _ in range(1, k):
-        cumulative = np.cumsum(closest.double().numpy())
+        cumulative = np.cumsum(closest.double().cpu().numpy())
         cand = np.searchsorted(cumulative, rng.uniform(size=trials) * cumulative[-1])
-        cand = torch.from_numpy(np.minimum(cand, n - 1))
+        cand = torch.from_numpy(np.minimum(cand, n - 1)).to(xt.device)
         dist = (sq[:, None] - 2 * (xt @ xt[cand].T) + sq[cand][None, :]).clamp_min_(0)
         dist = torch.minimum(dist, closest[:, None])
         pots = dist.sum(0)
@@ -62,8 +63,8 @@ def _assign(xt, ct, chunk: int = 4096):
     import torch
 
     csq = (ct * ct).sum(1)
-    labels = torch.empty(len(xt), dtype=torch.long)
-    dist = torch.empty(len(xt), dtype=xt.dtype)
+    labels = torch.empty(len(xt), dtype=torch.long, device=xt.device)
+    dist = torch.empty(len(xt), dtype=xt.dtype, device=xt.device)
     for start in range(0, len(xt), chunk):
         xb = xt[start : start + chunk]
         best, idx = torch.addmm(csq[None, :], xb, ct.T, alpha=-2).min(1)
@@ -72,14 +73,15 @@ def _assign(xt, ct, chunk: int = 4096):
     return labels, dist
 
 
-def refine(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float) -> KMeansResult:
+def refine(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float,
+           device=None) -> KMeansResult:  # fmt: skip
     """Lloyd iterations from ``centroids`` until one gains less than ``tol`` of the objective
     (at most ``max_iter``). An emptied cluster takes the point farthest from its centroid, as
     scikit-learn does."""
     import torch
 
-    xt = torch.from_numpy(x)
-    ct = torch.from_numpy(np.array(centroids, dtype=np.float32))
+    xt = torch.from_numpy(x).to(device or "cpu")
+    ct = torch.from_numpy(np.array(centroids, dtype=np.float32)).to(xt.device)
     k = len(ct)
     labels, dist = _assign(xt, ct)
     objective = float(dist.double().sum())
@@ -96,7 +98,7 @@ def refine(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float) -> K
         before, objective = objective, float(dist.double().sum())
         if before - objective <= tol * before:
             break
-    return KMeansResult(ct.numpy(), labels.numpy().astype(np.int64), objective, done)
+    return KMeansResult(ct.cpu().numpy(), labels.cpu().numpy().astype(np.int64), objective, done)
 
 
 def kmeans(
@@ -108,12 +110,18 @@ def kmeans(
     init_centroids: np.ndarray | None = None,
     n_init: int = 1,
     tol: float | None = None,
+    device=None,
 ) -> KMeansResult:
     """Lloyd iterations from ``init_centroids`` or a fresh init; ``n_init`` fresh inits keep the
-    best. ``tol`` (with ``init_centroids``): ``refine`` instead of faiss's fixed ``niter``."""
+    best. ``tol`` (with ``init_centroids``): ``refine`` instead of faiss's fixed ``niter``.
+    ``device`` (``device_ops.hot_device``): with CUDA, the init and ``niter`` exact Lloyd
+    iterations run there in torch (``refine``); on the CPU, faiss as before."""
+    from udml_cli.device_ops import hot_device
+
     if n_init > 1 and init_centroids is None:
-        runs = [kmeans(x, k, niter, seed + i, init) for i in range(n_init)]
+        runs = [kmeans(x, k, niter, seed + i, init, device=device) for i in range(n_init)]
         return min(runs, key=lambda r: r.objective)
+    on = hot_device(device)
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -124,13 +132,15 @@ def kmeans(
         # faiss would read past the array: refuse here, never crash natively
         raise ValueError(f"warm-start centroids {np.shape(init_centroids)} do not fit ({k}, {d})")
     if init_centroids is not None and tol is not None:
-        return refine(x, init_centroids, niter, tol)
+        return refine(x, init_centroids, niter, tol, on)
     if init_centroids is None:
         if init == "kmeans++":
-            init_centroids = kmeans_pp_init(x, k, seed)
+            init_centroids = kmeans_pp_init(x, k, seed, device=on)
         else:
             rng = np.random.default_rng(seed)
             init_centroids = x[rng.choice(n, k, replace=False)].copy()
+    if on is not None:  # on the GPU: exact Lloyd in torch, stopping once nothing moves
+        return refine(x, init_centroids, niter, 0.0, on)
     km = faiss.Kmeans(
         d,
         k,

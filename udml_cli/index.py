@@ -415,13 +415,20 @@ def duplicate_threshold(idx: Index, given: float | None) -> tuple[float, str]:
 
 
 def duplicate_pairs(
-    vectors: np.ndarray, threshold: float, index=None
+    vectors: np.ndarray, threshold: float, index=None, device=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows ``(a, b, similarity)`` with ``a < b`` and similarity ≥ ``threshold``.
     ``index``: a faiss index over ``vectors``; an IVF one answers approximately (only pairs
     within a cell are compared: a pair split across two cells is missed; BENCHMARKS.md measures
-    how often), a flat one exactly."""
+    how often), a flat one exactly. With CUDA (``device_ops.hot_device``) every pair is
+    compared exactly on the GPU instead."""
     import faiss
+
+    from udml_cli.device_ops import hot_device, pairs_above
+
+    on = hot_device(device)
+    if on is not None:
+        return pairs_above(vectors, threshold, on)
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)

@@ -34,10 +34,16 @@ def _tie_sorted(vals: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def retrieval_metrics(
-    x: np.ndarray, labels: np.ndarray, recall_at: list[int], chunk: int | None = None
-) -> dict:
+    x: np.ndarray, labels: np.ndarray, recall_at: list[int], chunk: int | None = None,
+    device=None,
+) -> dict:  # fmt: skip
+    """``device`` (``device_ops.hot_device``): the kNN in torch there (with CUDA by default);
+    else faiss on the CPU."""
     import faiss
 
+    from udml_cli.device_ops import hot_device, knn
+
+    on = hot_device(device)
     x = np.ascontiguousarray(x, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
@@ -57,7 +63,7 @@ def retrieval_metrics(
         rows = rows[r_all[rows] > 0]
         if len(rows) == 0:
             continue
-        sims, idx = index.search(x[rows], k)
+        sims, idx = knn(x[rows], x, k, on) if on is not None else index.search(x[rows], k)
         # drop the query itself by index (or the last neighbour when ties pushed it out)
         keep = idx != rows[:, None]
         keep[keep.all(1), -1] = False
