@@ -21,9 +21,13 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     cases = [r["case"] for r in records]
     assert any(c.startswith("udml train vs") for c in cases)
     assert any(c.startswith("udml embed vs") for c in cases)
+    assert sum("faiss CPU = baseline" in c for c in cases) == 3  # the hot loops
     for r in records:  # the fields BENCHMARKS.md quotes, consistent with each other
         assert r["ours"] > 0 and r["unit"] in ("img/s", "s") and r["command"], r
-        if r["baseline"] is not None:
+        if r["baseline"] is not None and r["unit"] == "s":  # a hot loop: torch vs faiss
+            assert "faiss CPU = baseline" in r["case"] and not r["higher_is_better"], r
+            assert r["ratio"] == pytest.approx(r["baseline"] / r["ours"], rel=1e-9), r
+        elif r["baseline"] is not None:
             assert r["unit"] == "img/s" and r["higher_is_better"] and r["target"] == 0.85, r
             assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-9), r
             # the baseline is the same work without udml's loading around it: faster, or
