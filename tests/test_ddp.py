@@ -242,3 +242,20 @@ def test_index_and_embed_in_two_processes_equal_one(layout, tmp_path):
     import io
 
     np.testing.assert_allclose(np.load(io.BytesIO(r.stdout)), one.vectors, atol=1e-5)
+
+
+def test_an_interrupted_two_process_index_leaves_the_old_one_whole(layout, tmp_path):
+    from test_hostile import no_partials, snapshot
+
+    from udml_cli.index import Index
+
+    model = ["--backbone", "tiny-test", "--weights", "none", "--image-size", "16"]
+    idx = tmp_path / "idx"
+    assert run_udml("index", layout / "test", "--out", idx, *model).returncode == 0
+    before = snapshot(idx)
+    r = run_udml("index", layout / "train", "--out", idx, *model, "--yes", "--nproc", "2",
+                 env={"UDML_TEST_FAULT": "index-save:interrupt"})  # fmt: skip
+    assert r.returncode != 0
+    assert snapshot(idx) == before  # not one byte changed, no generation left behind
+    no_partials(idx)
+    assert len(Index.load(idx).files) == 32

@@ -6,6 +6,8 @@ it for this process and every udml process a test starts):
   ``UDML_TEST_FAULT`` says — ``HOOK:N:KIND`` with HOOK ``step`` or ``sampler`` (the contract's
   calls), N the call of this run that fails, KIND ``interrupt`` (Ctrl-C) or ``nan`` (the step's
   loss). Unset, they train exactly as the methods they wrap;
+- ``UDML_TEST_FAULT=index-save:interrupt``: Ctrl-C as an index is being written (in every
+  process ``--nproc`` starts: the plug-in loads in each);
 - ``fixed-view-udml-ss``: UDML-SS with every training view the plain (evaluation) view, so a run
   does not depend on which augmentation each step draws (the feature cache's reference).
 """
@@ -103,3 +105,12 @@ class FixedViewUdmlSS(UdmlSS):
 
 for cls in (FaultyUdmlSS, FaultyStml, FaultyInvariance, FixedViewUdmlSS):
     METHODS.add(cls.name, cls, hidden=True)
+
+
+if os.environ.get("UDML_TEST_FAULT") == "index-save:interrupt":
+    import faiss
+
+    def _stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    faiss.serialize_index = _stop
