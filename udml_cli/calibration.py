@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from udml_cli.data.named_edits import KINDS, STRENGTHS, apply
 
 DEFAULT_PRECISION = 0.99
+# the threshold without calibration (and with too few look-alikes to calibrate on): resized +
+# re-encoded copies score above it, distinct images below (BENCHMARKS.md, "Duplicates")
+DEFAULT_THRESHOLD = 0.95
 MIN_NEGATIVES = 10  # fewer look-alike images than this: the default threshold is kept
 
 
@@ -89,7 +91,7 @@ def choose_threshold(pos: np.ndarray, neg: np.ndarray, precision: float) -> floa
     return float(np.nextafter(np.float32(n.max() if len(n) else 1.0), np.float32(2)))
 
 
-class _Synthesised(torch.utils.data.Dataset):
+class _Synthesised:
     """``(tensor, i)`` of item ``i``, ``(path, kind, strength)``; ``(zeros, FAILED)`` when the
     file cannot be read."""
 
@@ -100,7 +102,9 @@ class _Synthesised(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int):  # a map-style dataset for torch's DataLoader
+        import torch
+
         from udml_cli.data.images import FAILED, ImageError, load_rgb
 
         path, kind, which = self.items[i]
@@ -154,8 +158,6 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
     negs = nearest[nearest < np.median(sims)].astype(np.float32)  # closer: taken for a copy
     t = choose_threshold(sims.ravel().astype(np.float32), negs, precision)
     if len(negs) < MIN_NEGATIVES:
-        from udml_cli.index import DEFAULT_THRESHOLD
-
         t = DEFAULT_THRESHOLD
     return Calibration(
         threshold=t, precision=precision, sample=len(sims),

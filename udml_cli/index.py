@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from udml_cli.calibration import DEFAULT_THRESHOLD  # the uncalibrated default
 from udml_cli.errors import DatasetError, UdmlError, UsageError
 
 FORMAT = "udml-index"
@@ -36,9 +37,6 @@ DATA_FILES = ("vectors.npy", "files.jsonl", "index.faiss")
 HASHES = "hashes.npy"  # optional: perceptual hashes, listed in the manifest when written
 LEGACY_FILES = ("vectors.npy", "files.tsv", "index.faiss")  # version 1: flat, no generations
 IVF_FROM = 20_000  # rows from which duplicates use an IVF index (exact below)
-# Near-duplicate threshold on cosine similarity: see BENCHMARKS.md ("duplicates") for how it was
-# chosen: resized + re-encoded copies score above it, distinct images below.
-DEFAULT_THRESHOLD = 0.95
 
 
 class DamagedIndex(DatasetError):
