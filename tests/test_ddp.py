@@ -218,6 +218,8 @@ def test_the_launcher_reports_a_failure_once():
 def test_index_and_embed_in_two_processes_equal_one(layout, tmp_path):
     """``udml index|embed --nproc 2``: each process embeds its contiguous share, rank 0 writes:
     the same files, in the same order, with the same vectors and hashes as one process."""
+    import io
+
     from udml_cli.index import Index
 
     folder = layout / "train"
@@ -231,16 +233,8 @@ def test_index_and_embed_in_two_processes_equal_one(layout, tmp_path):
     np.testing.assert_allclose(two.vectors, one.vectors, atol=1e-5)
     assert np.array_equal(one.hashes, two.hashes)
     assert two.calibration["threshold"] == pytest.approx(one.calibration["threshold"], abs=1e-4)
-    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-        r = run_udml("embed", folder, "-r", "--out", tmp_path / f"{name}.npy", *model, *extra)
-        assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"),
-                               atol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), one.vectors, atol=1e-5)
     r = run_udml("embed", folder, "-r", *model, "--nproc", "2")  # rank 0 writes stdout
     assert r.returncode == 0, r.stderr
-    import io
-
     np.testing.assert_allclose(np.load(io.BytesIO(r.stdout)), one.vectors, atol=1e-5)
 
 
@@ -254,7 +248,7 @@ def test_an_interrupted_two_process_index_leaves_the_old_one_whole(layout, tmp_p
     assert run_udml("index", layout / "test", "--out", idx, *model).returncode == 0
     before = snapshot(idx)
     r = run_udml("index", layout / "train", "--out", idx, *model, "--yes", "--nproc", "2",
-                 env={"UDML_TEST_FAULT": "index-save:interrupt"})  # fmt: skip
+                 "--no-calibrate", env={"UDML_TEST_FAULT": "index-save:interrupt"})  # fmt: skip
     assert r.returncode != 0
     assert snapshot(idx) == before  # not one byte changed, no generation left behind
     no_partials(idx)

@@ -78,7 +78,7 @@ def test_a_replacement_switches_in_one_step_and_leaves_one_generation(idx, big):
     gens = sorted(p.name for p in idx.iterdir() if p.is_dir())
     assert gens == [meta["generation"]]
     files = meta["files"]
-    assert set(files) == {"vectors.npy", "files.jsonl", "index.faiss"}
+    assert set(files) == {"vectors.npy", "files.jsonl", "index.faiss", "hashes.npy"}
     assert np.load(idx / meta["generation"] / "vectors.npy").shape == (20, meta["dim"])
 
 

@@ -248,7 +248,10 @@ def duplicates(
 ) -> None:
     """Groups of near-duplicate images (connected components of pairs above --threshold).
 
-    Every group lists its links (pairs above the threshold, with their similarity) in --json;
+    A pair joins when its embedding similarity reaches the threshold (the one calibrated when
+    the index was built, unless given) or its perceptual hashes are at most --hash-distance bits
+    apart: the two find opposite edits. Every group lists its links, with their similarity, in
+    --json;
     --keep RULE says which file of each group to keep and which could go. udml never deletes.
 
     \b
