@@ -1,5 +1,6 @@
 """Images/s of an exported embedding: onnxruntime on the `udml export` file against torch on the
-same network, same batches, in one process (CPU). Writes results/export.json.
+same network as udml runs it (its engine: channels-last on the CPU), same batches, in one
+process. Writes results/export.json.
     python benchmarks/export.py [--backbone efficientnet_lite0] [--image-size 224] [--batch 32]
 """
 
@@ -49,9 +50,14 @@ def main() -> None:
         export(model, cfg, path, "onnx", args.backbone)
         session = ort.InferenceSession(str(path))
 
+        from udml_cli.engine import resolve_engine
+
+        engine = resolve_engine(cfg.engine)  # as udml embeds: its device, layout, autocast
+        fast = engine.prepare_model(model).eval()
+
         def with_torch(batch):
-            with torch.no_grad():
-                return model.embed(batch)
+            with torch.no_grad(), engine.autocast():
+                return fast.embed(engine.to_device(batch)).float().cpu()
 
         ours = rate(lambda b: session.run(None, {"images": b.numpy()}), x, args.repeats)
         base = rate(with_torch, x, args.repeats)
