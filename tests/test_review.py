@@ -57,6 +57,11 @@ def test_json_lists_every_link_with_its_similarity(cli, index):
         assert abs(got[pair] - sim) < 1e-5
     assert [g["paths"] for g in groups] == [["a.png", "b.png", "c.jpg"], ["d.png", "e.png"]]
     assert all("keep" not in g for g in groups)
+    import udml_cli as udml  # the Python API the command is a layer over: the same groups
+
+    found = udml.find_duplicates(Index.load(idx), 0.9, keep="first")
+    assert [[names[i] for i in g.members] for g in found.groups] == [g["paths"] for g in groups]
+    assert [names[g.keep] for g in found.groups] == ["a.png", "d.png"]
 
 
 @pytest.mark.parametrize("rule, kept", [

@@ -4,7 +4,7 @@ The Python API (``udml_cli.api``), imported lazily so ``udml --help`` stays fast
 ``settings``, ``train``, ``run_summary``, ``evaluate``, ``evaluate_run``, ``label_free``,
 ``cluster``,
 ``load_model``, ``embed_folder``, ``embed_files``, ``build_index``, ``Index``,
-``duplicate_groups``.
+``duplicate_groups``, ``find_duplicates``.
 """
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ _API = {
     "run_summary": "udml_cli.api", "evaluate": "udml_cli.api", "evaluate_run": "udml_cli.api",
     "cluster": "udml_cli.api", "label_free": "udml_cli.api",
     "Index": "udml_cli.index", "duplicate_groups": "udml_cli.index",
+    "find_duplicates": "udml_cli.review",
 }  # fmt: skip
 __all__ = ["__version__", *_API]
 

@@ -407,11 +407,10 @@ def build_index(folder: str | Path, out: str | Path, checkpoint=None, backbone=N
             from udml_cli.phash import file_hashes
 
             codes = np.zeros(len(files), np.uint64)
-            known = old is not None and old.hashes is not None
-            for pos, row in reuse.items():
-                if known:
-                    codes[pos] = old.hashes[row]
-            need = [p for p in range(len(files)) if keep[p] and not (known and p in reuse)]
+            reused = reuse if old is not None and old.hashes is not None else {}
+            for pos, row in reused.items():  # unchanged files keep their hashes
+                codes[pos] = old.hashes[row]
+            need = [p for p in range(len(files)) if keep[p] and p not in reused]
             codes[need] = file_hashes([files[p][3] for p in need], progress, folder.name)
             codes = codes[keep]
         calibration, fresh = None, False

@@ -98,6 +98,7 @@ class _Synthesised:
     def __init__(self, items, transform, size: int) -> None:
         self.items, self.transform, self.size = items, transform, size
         self.paths = [it[0] for it in items]
+        self._decoded = (None, None)  # (path, image): an original's edits come one after another
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,10 +109,13 @@ class _Synthesised:
         from udml_cli.data.images import FAILED, ImageError, load_rgb
 
         path, kind, which = self.items[i]
-        try:
-            im = load_rgb(path)
-        except ImageError:
-            return torch.zeros(3, self.size, self.size), FAILED
+        im = self._decoded[1] if self._decoded[0] == path else None
+        if im is None:  # decoded once for its sixteen edits (each edit returns a new image)
+            try:
+                im = load_rgb(path)
+            except ImageError:
+                return torch.zeros(3, self.size, self.size), FAILED
+            self._decoded = (path, im)
         return self.transform(apply(im, kind, which)), i
 
 

@@ -282,22 +282,13 @@ def _number(v) -> bool:
 
 def index_report(index_dir: Path, threshold: float | None = None) -> str:
     from udml_cli.clustering import auto_clusters, kmeans
-    from udml_cli.index import (
-        Index,
-        duplicate_groups,
-        duplicate_threshold,
-        hash_distance,
-        joined_pairs,
-    )
-    from udml_cli.review import review
+    from udml_cli.index import Index
+    from udml_cli.review import find_duplicates
 
     idx = Index.load(index_dir)
     paths = [idx.folder / p for p in idx.paths]
-    t, _ = duplicate_threshold(idx, threshold)
-    d, _ = hash_distance(idx, None, False)
-    pairs = joined_pairs(idx.vectors, t, idx.stored_faiss(), idx.hashes, d)
-    groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
-                    idx.folder, None)  # fmt: skip
+    found = find_duplicates(idx, threshold)
+    t, groups = found.threshold, found.groups
     k = min(auto_clusters(len(paths), 2), len(paths))
     km = kmeans(idx.vectors, k, seed=0)
     return page(f"udml index: {idx.folder} ({len(paths)} images)", [

@@ -60,7 +60,36 @@ def keeper(rows: list[int], rule: str, files, folder: Path) -> int:
     return min(rows, key=size)
 
 
-def review(groups, pairs, vectors: np.ndarray, files, folder: Path, rule: str | None):
+@dataclass
+class Found:
+    """What ``find_duplicates`` found, and the settings it used (with what to say of them)."""
+
+    groups: list[Group]
+    threshold: float
+    threshold_from: str
+    hash_distance: int | None
+    hashes_from: str
+
+
+def find_duplicates(index, threshold: float | None = None, hash_distance: int | None = None,
+                    no_hash: bool = False, keep: str | None = None) -> Found:  # fmt: skip
+    """The near-duplicate groups of ``index`` (an ``index.Index``) as ``udml duplicates`` finds
+    them: the embedding's pairs at ``threshold`` (default: the calibrated one, else 0.95)
+    joined with the perceptual hashes' at ``hash_distance`` (default 6 when the index holds
+    hashes; ``no_hash``: the embedding alone), with each group's links and, with a ``keep``
+    rule, the file it keeps."""
+    from udml_cli.index import duplicate_groups, duplicate_threshold, joined_pairs
+    from udml_cli.index import hash_distance as distance_of
+
+    t, why = duplicate_threshold(index, threshold)
+    d, joined = distance_of(index, hash_distance, no_hash)
+    pairs = joined_pairs(index.vectors, t, index.stored_faiss(), index.hashes, d)
+    groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
+                    index.folder, keep)  # fmt: skip
+    return Found(groups, t, why, d, joined)
+
+
+def review(groups, pairs, files, folder: Path, rule: str | None) -> list[Group]:
     """``Group`` records with their links and, with ``rule``, the row each keeps."""
     r, c, s = pairs
     out = [Group(list(m), w, []) for m, w in groups]

@@ -261,14 +261,8 @@ def duplicates(
     udml duplicates --index idx/photos --keep newest --csv review.csv --html review.html
     """
     from udml_cli.errors import UsageError
-    from udml_cli.index import (
-        Index,
-        duplicate_groups,
-        duplicate_threshold,
-        joined_pairs,
-    )
-    from udml_cli.index import hash_distance as distance_of
-    from udml_cli.review import csv_rows, review, write_csv
+    from udml_cli.index import Index
+    from udml_cli.review import csv_rows, find_duplicates, write_csv
 
     keep = None if keep_rule is None else keep_rule.value
     if csv_out is not None and keep is None:
@@ -279,12 +273,9 @@ def duplicates(
     for path, what in ((html_out, "--html"), (csv_out, "--csv")):
         if path is not None:
             ensure_writable(path, what)
-    t, why = duplicate_threshold(idx, threshold)
-    d, joined = distance_of(idx, hash_distance, no_hash)
-    console.print(f"using {why}; {joined}")
-    pairs = joined_pairs(idx.vectors, t, idx.stored_faiss(), idx.hashes, d)
-    groups = review(duplicate_groups(idx.vectors, t, pairs=pairs), pairs, idx.vectors, idx.files,
-                    idx.folder, keep)  # fmt: skip
+    found = find_duplicates(idx, threshold, hash_distance, no_hash, keep)
+    groups, t = found.groups, found.threshold
+    console.print(f"using {found.threshold_from}; {found.hashes_from}")
     paths = idx.paths
     out = []
     for g in groups:
@@ -334,5 +325,5 @@ def duplicates(
             "(nothing was deleted)"
         )
     if as_json:
-        emit_json({"index": str(index_dir), "threshold": t, "threshold_from": why,
-                   "hash_distance": d, "groups": out})  # fmt: skip
+        emit_json({"index": str(index_dir), "threshold": t, "threshold_from": found.threshold_from,
+                   "hash_distance": found.hash_distance, "groups": out})  # fmt: skip
