@@ -126,3 +126,21 @@ def test_html_groups_keep_their_aspect_and_mark_the_kept_file(cli, index, tmp_pa
     sizes = {(t.shape[1], t.shape[0]) for t in thumbs}
     assert {(40, 30), (80, 60), (20, 40)} <= sizes  # never squashed into a square
     _shows(_screenshot(page, tmp_path / "dupes.png"), thumbs)
+
+
+def test_the_csv_round_trips_names_with_a_newline_a_tab_and_spaces(cli, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = ["a b\tc.png", "new\nline.png"]
+    files = []
+    for n in names:
+        Image.new("RGB", (10, 10), (9, 9, 9)).save(folder / n)
+        files.append((n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns))
+    x = np.ones((2, 4), np.float32) / 2
+    Index(folder, {"backbone": "tiny-test", "weights": "none", "image_size": 16}, x,
+          files).save(tmp_path / "idx")  # fmt: skip
+    r = cli("duplicates", "--index", tmp_path / "idx", "--keep", "first", "--no-hash")
+    assert r.code == 0, r.err
+    rows = list(csv.DictReader(io.StringIO(r.out, newline="")))
+    assert [Path(row["path"]).name for row in rows] == names
+    assert [row["action"] for row in rows] == ["keep", "remove-candidate"]
