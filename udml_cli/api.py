@@ -49,6 +49,32 @@ def load_model(
     return model, cfg
 
 
+def index_model(idx, device: str = "auto"):
+    """``(model, config)`` an index (``index.Index``) was built with: the same checkpoint file
+    (checked: gone or changed is refused) or backbone; its vectors' dimension checked."""
+    from udml_cli.errors import UsageError
+    from udml_cli.index import DamagedIndex, file_sha256
+
+    m = idx.model
+    if "checkpoint" in m:
+        ckpt = Path(str(m["checkpoint"]))
+        if not ckpt.is_file() or file_sha256(ckpt) != m.get("sha256"):
+            raise UsageError(
+                f"the index was built with {ckpt}, which is gone or changed since; "
+                "re-run udml index with the checkpoint you want"
+            )
+        model, cfg = load_model(ckpt, image_size=m["image_size"], device=device)
+        idx.check_model(model.dim, str(ckpt))
+        return model, cfg
+    try:
+        backbone, weights, size = str(m["backbone"]), str(m["weights"]), int(m["image_size"])
+    except (KeyError, TypeError, ValueError):
+        raise DamagedIndex(f"{idx.out}/index.json: its model entry is malformed") from None
+    model, cfg = load_model(None, backbone, weights, size, device)
+    idx.check_model(model.dim, f"{backbone} ({weights})")
+    return model, cfg
+
+
 def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, progress=None,
                 where: str = "images", none_ok: bool = False, allocate=None):  # fmt: skip
     """``(vectors, ok)``: one float32 row per readable file (in order) and which files were.

@@ -36,6 +36,7 @@ MANIFEST = "index.json"
 DATA_FILES = ("vectors.npy", "files.jsonl", "index.faiss")
 HASHES = "hashes.npy"  # optional: perceptual hashes, listed in the manifest when written
 LEGACY_FILES = ("vectors.npy", "files.tsv", "index.faiss")  # version 1: flat, no generations
+THUMBNAILS = "thumbnails"  # udml serve's thumbnail cache (deletable at any time)
 IVF_FROM = 20_000  # rows from which duplicates use an IVF index (exact below)
 
 
@@ -352,7 +353,7 @@ def refuse_foreign(out: Path) -> bool:
         raise UsageError(f"--out {out} is a file, not an index folder")
     if (out / MANIFEST).is_file():
         return False
-    others = [e.name for e in out.iterdir() if not own_leftover(e.name)]
+    others = [e.name for e in out.iterdir() if not own_leftover(e.name) and e.name != THUMBNAILS]
     if not others:
         return True
     raise UsageError(

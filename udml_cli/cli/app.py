@@ -18,6 +18,7 @@ from udml_cli.cli import (
     launch,
     report,
     search,
+    serve,
     train,
 )
 from udml_cli.cli.common import DataOut, say
@@ -78,6 +79,7 @@ app.command("search")(search.search)
 app.command("duplicates")(search.duplicates)
 app.command("report")(report.report)
 app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 @app.command("templates")

@@ -112,32 +112,6 @@ def index(
         console.print(Calibration.from_dict(idx.calibration).summary() + again)
 
 
-def _query_model(idx, device):
-    """The model an index was built with: the same checkpoint file (checked) or backbone."""
-    from udml_cli.api import load_model
-    from udml_cli.errors import UsageError
-    from udml_cli.index import DamagedIndex, file_sha256
-
-    m = idx.model
-    if "checkpoint" in m:
-        ckpt = Path(str(m["checkpoint"]))
-        if not ckpt.is_file() or file_sha256(ckpt) != m.get("sha256"):
-            raise UsageError(
-                f"the index was built with {ckpt}, which is gone or changed since; "
-                "re-run udml index with the checkpoint you want"
-            )
-        model, cfg = load_model(ckpt, image_size=m["image_size"], device=device or "auto")
-        idx.check_model(model.dim, str(ckpt))
-        return model, cfg
-    try:
-        backbone, weights, size = str(m["backbone"]), str(m["weights"]), int(m["image_size"])
-    except (KeyError, TypeError, ValueError):
-        raise DamagedIndex(f"{idx.out}/index.json: its model entry is malformed") from None
-    model, cfg = load_model(None, backbone, weights, size, device or "auto")
-    idx.check_model(model.dim, f"{backbone} ({weights})")
-    return model, cfg
-
-
 def search(
     queries: Annotated[list[Path], typer.Argument(help="Image files or folders to look up.")],
     index_dir: IndexOpt,
@@ -152,7 +126,7 @@ def search(
     udml search holiday.jpg --index idx/photos --k 5
     udml search queries/ --index idx/photos --json > hits.json
     """
-    from udml_cli.api import embed_files
+    from udml_cli.api import embed_files, index_model
     from udml_cli.data.layout import image_files, is_image
     from udml_cli.errors import DatasetError
     from udml_cli.index import Index
@@ -170,7 +144,7 @@ def search(
             raise DatasetError(f"query {q}: not an image file or a folder")
     if not paths:
         raise DatasetError("no query images found")
-    model, cfg = _query_model(idx, device)
+    model, cfg = index_model(idx, device or "auto")
     with progress() as bar:
         x, ok = embed_files(model, cfg, paths, False, bar, "queries")
     sims, rows = idx.search(x, k)

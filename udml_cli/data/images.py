@@ -25,7 +25,9 @@ class ImageError(DatasetError):
     """An image file that cannot be decoded."""
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path, name: str | None = None) -> Image.Image:
+    """The image at ``path`` (a file name, or an open binary file: an upload) as RGB; one
+    ``ImageError`` naming it (``name``, else ``path``) when it cannot be decoded."""
     try:
         with warnings.catch_warnings():
             # Pillow warns above 89 M pixels and refuses above 179 M: both are skipped here
@@ -36,9 +38,11 @@ def load_rgb(path: Path) -> Image.Image:
                 return im.convert("RGB")
     except Exception as e:  # Pillow raises many kinds for broken, truncated or foreign files
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        if name is not None:  # Pillow names an open file by its repr
+            reason = reason.replace(f" {path!r}", "")
         if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
             reason = "too many pixels (decompression bomb guard)"
-        raise ImageError(f"{path}: cannot decode image ({reason})") from None
+        raise ImageError(f"{name or path}: cannot decode image ({reason})") from None
 
 
 def _shrink(im: Image.Image, shorter: int) -> Image.Image:
