@@ -38,7 +38,7 @@ def _train(layout, out, *extra):
     return r
 
 
-def test_two_processes_match_one_and_resume_across_counts(layout, tmp_path):
+def test_two_processes_match_one_and_resume_across_counts_bit_exactly(layout, tmp_path):
     one, two, split = tmp_path / "one", tmp_path / "two", tmp_path / "split"
     _train(layout, one, "--epochs", "4")
     r = _train(layout, two, "--epochs", "4", "--nproc", "2")
@@ -63,18 +63,15 @@ def test_two_processes_match_one_and_resume_across_counts(layout, tmp_path):
     ws = _weights(split)
     for key in wb["model"]:
         torch.testing.assert_close(ws["model"][key], wb["model"][key], rtol=1e-4, atol=1e-5)
-
-
-def test_resume_under_ddp_is_bit_exact(layout, tmp_path):
-    straight, split = tmp_path / "a", tmp_path / "b"
-    _train(layout, straight, "--epochs", "4", "--nproc", "2")
-    _train(layout, split, "--epochs", "2", "--nproc", "2")
-    r = run_udml("train", "--out", split, "--resume", "--epochs", "4", "--nproc", "2")
+    # stopped after 2 epochs in 2 processes, resumed in 2: bit-identical to the straight run
+    again = tmp_path / "again"
+    _train(layout, again, "--epochs", "2", "--nproc", "2")
+    r = run_udml("train", "--out", again, "--resume", "--epochs", "4", "--nproc", "2")
     assert r.returncode == 0, r.stderr.decode()
-    a, b = _weights(straight), _weights(split)
-    assert a["step"] == b["step"] == 12
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    wg = _weights(again)
+    assert wg["step"] == wb["step"] == 12
+    for key in wb["model"]:
+        torch.testing.assert_close(wg["model"][key], wb["model"][key], rtol=0, atol=0)
 
 
 def test_a_batch_that_does_not_split_is_one_error(layout, tmp_path):

@@ -23,8 +23,11 @@ from conftest import inproc, make_layout
 TINY = [*BASE, "--set", "train.save_step=1"]
 
 
-def udml(*args, patch: str = "", cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    """``udml ARGS`` in a fresh process; ``patch`` is Python run first (a fault to inject)."""
+def udml(*args, patch: str = "", cwd=None, timeout=300, fresh: bool = False):
+    """``udml ARGS``: in this process (``conftest.inproc``: no torch import per call), or in a
+    fresh one with ``patch`` (Python run first: a fault to inject), ``cwd`` or ``fresh``."""
+    if not (patch or cwd or fresh):
+        return inproc(*args)
     code = f"{patch}\nimport sys\nfrom udml_cli.cli.app import main\nmain(sys.argv[1:])\n"
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
