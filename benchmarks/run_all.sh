@@ -16,6 +16,7 @@ if ! registered icons; then  # the icon themes are Debian packages the tests do 
 fi
 python3 benchmarks/baselines.py --datasets emoji fashion-mnist icons
 python3 benchmarks/loss.py
+python3 benchmarks/channels_last.py
 python3 benchmarks/serve.py   # Debian chromium + chromium-driver (scripts/setup.sh)
 python3 benchmarks/eval_sop.py
 python3 benchmarks/kmeans.py

@@ -146,7 +146,7 @@ def test_only_indexed_rows_are_served(served, url):
     assert client.get(url).status_code == 404
 
 
-def test_thumbnails_keep_aspect_are_cached_and_stop_at_the_folder(served, tmp_path):
+def test_thumbnails_keep_aspect_are_cached_and_stop_at_the_folder(served, cli, tmp_path):
     from PIL import Image
 
     client, lib, folder, idx = served
@@ -170,6 +170,14 @@ def test_thumbnails_keep_aspect_are_cached_and_stop_at_the_folder(served, tmp_pa
         victim.unlink()
         victim.write_bytes(saved)
     assert client.get("/api/thumb/3").status_code == 200
+    # the cache does not stop udml index from updating the index beside it
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(idx, copy)
+    assert (copy / "thumbnails").is_dir()
+    r = cli("index", folder, "--out", copy, *MODEL, "--no-calibrate")
+    assert r.code == 0 and (copy / "thumbnails").is_dir(), r.err
 
 
 def test_clusters_are_udml_cluster_index_largest_first(served, cli, tmp_path):

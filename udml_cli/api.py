@@ -85,7 +85,7 @@ def embed_files(model, cfg: Config, files: list[Path], strict: bool = False, pro
     from udml_cli.inference import embed_dataset
 
     dataset = FolderDataset(files, eval_transform(cfg.data), cfg.data.image_size)
-    engine = resolve_engine(cfg.engine)
+    engine = resolve_engine(cfg.engine, inference=True)
     return embed_dataset(model, cfg, dataset, engine, where, progress, strict, none_ok, allocate)
 
 
@@ -241,7 +241,7 @@ def evaluate(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=
     cfg = cfg if cfg is not None else load_config()
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
-    result = score(model, cfg, ref, split, resolve_engine(cfg.engine), progress)
+    result = score(model, cfg, ref, split, resolve_engine(cfg.engine, inference=True), progress)
     result["model"] = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
     return result
 
@@ -274,7 +274,7 @@ def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, datase
     else:
         model, cfg, ref = model_and_dataset(cfg, checkpoint, backbone, dataset, data_root)
     plain = ImageDataset.evaluated(read_split(ref, split), cfg.data)
-    engine, where = resolve_engine(cfg.engine), f"{ref.name}/{split}"
+    engine, where = resolve_engine(cfg.engine, inference=True), f"{ref.name}/{split}"
     name = str(checkpoint) if checkpoint else f"{cfg.model.backbone}:{cfg.model.weights}"
     if each_layer:
         rows = score_layers(cfg, plain, engine, progress, where)
@@ -334,7 +334,8 @@ def cluster(cfg: Config | None = None, checkpoint=None, backbone=None, dataset=N
         if k != "auto" and k > len(samples):
             raise UsageError(f"--k {k} exceeds the {len(samples)} images of {ref.name}/{split}")
         kept: list = []
-        x, truth = embed_split(model, cfg, ref, split, resolve_engine(cfg.engine), progress, kept)
+        x, truth = embed_split(model, cfg, ref, split, resolve_engine(cfg.engine, inference=True),
+                              progress, kept)  # fmt: skip
         paths = [s.rel for s in kept]
         truth = truth if ref.labelled else None  # an unlabelled collection: sizes, objective
         where = {"dataset": ref.name, "split": split}

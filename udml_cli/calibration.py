@@ -148,7 +148,7 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
     edits = [(k, s) for k in KINDS for s in STRENGTHS]
     items = [(paths[r], k, s) for r in rows.tolist() for k, s in edits]
     data = _Synthesised(items, eval_transform(cfg.data), cfg.data.image_size)
-    x, ok = embed_dataset(model, cfg, data, resolve_engine(cfg.engine), "calibration copies",
+    x, ok = embed_dataset(model, cfg, data, resolve_engine(cfg.engine, inference=True), "calibration copies",
                           progress, none_ok=True)  # fmt: skip
     full = np.full((len(items), vectors.shape[1]), np.nan, np.float32)
     full[ok] = x

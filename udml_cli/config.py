@@ -292,7 +292,11 @@ class EngineConfig(_Section):
         "idle machine; when other processes are busy at the start, the cores they leave free "
         "less one per DataLoader worker",
     )
-    channels_last: bool | Literal["auto"] = "auto"
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="channels-last memory layout; auto: on a GPU, and on the CPU for commands "
+        "that only embed (eval, embed, index, search, cluster, serve, report)",
+    )
     deterministic: bool = Field(False, description="deterministic torch algorithms")
 
 

@@ -46,7 +46,9 @@ def report(
         if (target / "index.json").is_file():
             text = index_report(target, threshold)
         else:
-            text = run_report(target, resolve_engine(EngineConfig(device=device or "auto")))
+            text = run_report(
+                target, resolve_engine(EngineConfig(device=device or "auto"), inference=True)
+            )
         bar.update(task, total=1, completed=1)
     atomic_write_text(out, text)
     console.print(f"wrote {out} ({len(text) // 1024} KB, self-contained: open it in a browser)")

@@ -159,7 +159,10 @@ def create_app(lib: Library, run_dir: Path | None = None, hosts: list[str] | Non
 
         if run_dir is None:
             raise NotFound("no run: start udml serve with --run RUN_DIR")
-        return {"run_dir": str(run_dir), "scores": score_table(run_evaluations(run_dir)),
+        scores = score_table(run_evaluations(run_dir)) or (
+            '<p class="note">No labelled evaluation in this run yet.</p>'
+        )
+        return {"run_dir": str(run_dir), "scores": scores,
                 "curves": curves(run_dir)}  # fmt: skip
 
     return app

@@ -154,7 +154,7 @@ class Library:
             raise BadRequest(str(e)) from None
         with self._lock:
             if self._engine is None:
-                self._engine = resolve_engine(self.cfg.engine)
+                self._engine = resolve_engine(self.cfg.engine, inference=True)
                 self.model = self._engine.prepare_model(self.model).eval()
         engine = self._engine
         x = eval_transform(self.cfg.data)(im)[None]
