@@ -52,7 +52,9 @@ def main() -> None:
 
         from udml_cli.engine import resolve_engine
 
-        engine = resolve_engine(cfg.engine, inference=True)  # as udml embeds: device, layout, autocast
+        engine = resolve_engine(
+            cfg.engine, inference=True
+        )  # as udml embeds: device, layout, autocast
         fast = engine.prepare_model(model).eval()
 
         def with_torch(batch):
