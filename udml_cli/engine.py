@@ -233,7 +233,8 @@ def resolve_engine(cfg: EngineConfig, inference: bool = False) -> Engine:
         threads = extract_threads = 0  # a GPU does the math: torch's default
     else:
         threads = extract_threads = cfg.threads
-    auto = device.type == "cuda" or (inference and device.type == "cpu")
+    # on the CPU only in one process: under --nproc (gloo) it made a process abort at exit
+    auto = device.type == "cuda" or (inference and device.type == "cpu" and world == 1)
     channels_last = auto if cfg.channels_last == "auto" else cfg.channels_last
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
