@@ -33,22 +33,27 @@ table.scores{border-collapse:collapse;font-size:14px}
 """
 
 
-def thumb(path: Path, size: int | tuple[int, int] = 96) -> str:
-    """A JPEG data URI of the image, within ``size`` (a box: aspect kept); a grey square for
-    one that cannot be read."""
+def jpeg_thumbnail(path: Path, box: tuple[int, int], quality: int = 80) -> bytes:
+    """A JPEG of the image within ``box`` (aspect kept, never enlarged), decoded by the safe
+    loader; a grey square for one that cannot be read."""
     from PIL import Image
 
     from udml_cli.data.images import ImageError, load_rgb
 
-    box = (size, size) if isinstance(size, int) else size
     try:
         im = load_rgb(path)
         im.thumbnail(box)
     except ImageError:
         im = Image.new("RGB", (min(box), min(box)), (200, 200, 200))
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def thumb(path: Path, size: int | tuple[int, int] = 96) -> str:
+    """``jpeg_thumbnail`` as a data URI, within ``size`` (a box, or a square's side)."""
+    box = (size, size) if isinstance(size, int) else size
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_thumbnail(path, box)).decode()
 
 
 def _short(path: Path) -> str:

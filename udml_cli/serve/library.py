@@ -87,9 +87,7 @@ class Library:
         """A JPEG of ``row``'s image within a ``size`` box (aspect kept), from the cache beside
         the index when made before (keyed by the file's path, bytes and time: an edited file
         gets a new one); a grey square for an image that no longer decodes."""
-        from PIL import Image
-
-        from udml_cli.data.images import ImageError, load_rgb
+        from udml_cli.report import jpeg_thumbnail
 
         box = next((s for s in THUMB_SIZES if s >= size), THUMB_SIZES[-1])
         path = self.file(row)
@@ -100,14 +98,7 @@ class Library:
             return cached.read_bytes()
         except OSError:
             pass
-        try:
-            im = load_rgb(path)
-            im.thumbnail((box, box))
-        except ImageError:
-            im = Image.new("RGB", (box, box), (200, 200, 200))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=82)
-        data = buf.getvalue()
+        data = jpeg_thumbnail(path, (box, box), quality=82)
         try:  # a cache: a read-only index folder just goes without
             cached.parent.mkdir(parents=True, exist_ok=True)
             part = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}")
