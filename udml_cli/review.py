@@ -69,24 +69,89 @@ class Found:
     threshold_from: str
     hash_distance: int | None
     hashes_from: str
+    verify_from: str = "without local-feature checks (--no-verify)"
+    checked: int = 0  # candidate pairs checked by local features
+    verified: int = 0  # pairs only those checks joined
+    unsupported: int = 0  # links left out: they alone would have joined two groups
 
 
 def find_duplicates(index, threshold: float | None = None, hash_distance: int | None = None,
-                    no_hash: bool = False, keep: str | None = None) -> Found:  # fmt: skip
+                    no_hash: bool = False, keep: str | None = None, verify: bool | None = None,
+                    progress=None) -> Found:  # fmt: skip
     """The near-duplicate groups of ``index`` (an ``index.Index``) as ``udml duplicates`` finds
     them: the embedding's pairs at ``threshold`` (default: the calibrated one, else 0.95)
     joined with the perceptual hashes' at ``hash_distance`` (default 6 when the index holds
-    hashes; ``no_hash``: the embedding alone), with each group's links and, with a ``keep``
-    rule, the file it keeps."""
+    hashes; ``no_hash``: the embedding alone) and, with ``verify`` (default: when OpenCV is
+    installed), the looser candidates that local features confirm (``verify.py``); with each
+    group's links and, with a ``keep`` rule, the file it keeps."""
     from udml_cli.index import duplicate_groups, duplicate_threshold, joined_pairs
     from udml_cli.index import hash_distance as distance_of
 
     t, why = duplicate_threshold(index, threshold)
     d, joined = distance_of(index, hash_distance, no_hash)
     pairs = joined_pairs(index.vectors, t, index.stored_faiss(), index.hashes, d)
-    groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
-                    index.folder, keep)  # fmt: skip
-    return Found(groups, t, why, d, joined)
+    found = Found([], t, why, d, joined)
+    if verify is not False:
+        pairs = _verified(index, pairs, None if no_hash else index.hashes, verify, found,
+                          progress)  # fmt: skip
+    pairs, found.unsupported = supported(pairs, len(index.vectors))
+    found.groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
+                          index.folder, keep)  # fmt: skip
+    return found
+
+
+def supported(pairs, n: int):
+    """``(pairs, dropped)``: the links that do not bridge two groups alone. A link between two
+    images that each have other links must share a linked neighbour (a triangle); otherwise
+    one look-alike pair (two halves of one scene, two photos under one watermark) would merge
+    two whole groups into one. A link to an image with no other link is kept."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+
+    r, c, s = pairs
+    if not len(r):
+        return pairs, 0
+    ri, ci = r.astype(np.int64), c.astype(np.int64)
+    adj = coo_matrix((np.ones(2 * len(r), np.int32), (np.concatenate([ri, ci]),
+                      np.concatenate([ci, ri]))), shape=(n, n)).tocsr()  # fmt: skip
+    adj.data[:] = 1  # a pair listed twice is one link
+    degree = np.asarray(adj.sum(1)).ravel()
+    common = np.asarray((adj[ri].multiply(adj[ci])).sum(1)).ravel()
+    keep = (common > 0) | (np.minimum(degree[ri], degree[ci]) <= 1)
+    return (r[keep], c[keep], s[keep]), int((~keep).sum())
+
+
+def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress):
+    """``pairs`` and the candidate pairs local features confirm (``found`` says how many)."""
+    import numpy as np
+
+    from udml_cli import verify
+
+    if not verify.available():
+        if asked:
+            from udml_cli.errors import UsageError
+
+            raise UsageError("--verify needs OpenCV: pip install opencv-python-headless")
+        found.verify_from = ("without local-feature checks (OpenCV is not installed: pip install "
+                             "opencv-python-headless)")  # fmt: skip
+        return pairs
+    r, c, s = pairs
+    n = len(index.vectors)
+    cr, cc = verify.candidate_pairs(index.vectors, hashes)
+    new = ~np.isin(cr * n + cc, r.astype(np.int64) * n + c.astype(np.int64))
+    cr, cc = cr[new], cc[new]
+    inliers, coverage = verify.verify_pairs([index.folder / p for p in index.paths], cr, cc,
+                                            progress)  # fmt: skip
+    ok = (inliers >= verify.MIN_INLIERS) & (coverage >= verify.MIN_COVERAGE)
+    found.checked, found.verified = len(cr), int(ok.sum())
+    found.verify_from = (
+        f"{len(cr)} more possible pairs checked by local features, {found.verified} confirmed "
+        "(--no-verify skips it)"
+    )
+    vr, vc = cr[ok], cc[ok]
+    vs = np.einsum("ij,ij->i", index.vectors[vr], index.vectors[vc]).astype(np.float32)
+    return (np.concatenate([r, vr.astype(r.dtype)]), np.concatenate([c, vc.astype(c.dtype)]),
+            np.concatenate([s, vs]))  # fmt: skip
 
 
 def review(groups, pairs, files, folder: Path, rule: str | None) -> list[Group]:

@@ -217,6 +217,15 @@ def duplicates(
     no_hash: Annotated[
         bool, typer.Option("--no-hash", help="Join pairs by the embedding alone.")
     ] = False,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Also check looser candidates (each image's nearest neighbours, hashes up to 12 "
+            "bits apart) by matching local features in the files, and join those that one "
+            "crop/rotation/mirror maps onto each other (default: on when OpenCV is installed).",
+        ),
+    ] = None,
     html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -224,8 +233,10 @@ def duplicates(
 
     A pair joins when its embedding similarity reaches the threshold (the one calibrated when
     the index was built, unless given) or its perceptual hashes are at most --hash-distance bits
-    apart: the two find opposite edits. Every group lists its links, with their similarity, in
-    --json;
+    apart: the two find opposite edits. Closer candidates below both are then checked in the
+    files themselves (--verify): a crop, mirror or rotation of one picture shares keypoints
+    with it that one transform maps onto each other. Every group lists its links, with their
+    similarity, in --json;
     --keep RULE says which file of each group to keep and which could go. udml never deletes.
 
     \b
@@ -247,9 +258,10 @@ def duplicates(
     for path, what in ((html_out, "--html"), (csv_out, "--csv")):
         if path is not None:
             ensure_writable(path, what)
-    found = find_duplicates(idx, threshold, hash_distance, no_hash, keep)
+    with progress() as bar:
+        found = find_duplicates(idx, threshold, hash_distance, no_hash, keep, verify, bar)
     groups, t = found.groups, found.threshold
-    console.print(f"using {found.threshold_from}; {found.hashes_from}")
+    console.print(f"using {found.threshold_from}; {found.hashes_from}; {found.verify_from}")
     paths = idx.paths
     out = []
     for g in groups:
@@ -262,8 +274,15 @@ def duplicates(
             entry |= {"keep": paths[g.keep], "rule": keep}
         out.append(entry)
     dupes = sum(len(g.members) for g in groups)
+    if found.unsupported:
+        console.print(
+            f"{found.unsupported} links left out: each alone would have joined two groups (no "
+            "third image links to both ends)"
+        )
     console.print(
-        f"{len(groups)} groups of near-duplicates (similarity ≥ {t}), {dupes} of "
+        f"{len(groups)} groups of near-duplicates (similarity ≥ {t}"
+        f"{', hashes' if found.hash_distance is not None else ''}"
+        f"{f', or {found.verified} pairs by local features' if found.verified else ''}), {dupes} of "
         f"{len(idx.files)} images"
     )
     for n, g in enumerate(out[:20], 1):

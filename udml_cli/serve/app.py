@@ -123,11 +123,12 @@ def create_app(lib: Library, run_dir: Path | None = None, hosts: list[str] | Non
     @app.get("/api/duplicates")
     def duplicates(keep: str | None = KEEP):
         """Groups of near-duplicates at the index's threshold (calibrated when it was),
-        perceptual hashes joined; each link's similarity; with ``keep``, the row kept."""
+        perceptual hashes joined, candidates checked by local features; each link's similarity; with ``keep``, the row kept."""
         found = lib.duplicates(keep)
         return {
             "threshold": found.threshold, "threshold_from": found.threshold_from,
             "hash_distance": found.hash_distance, "hashes_from": found.hashes_from,
+            "verified": found.verified, "verify_from": found.verify_from,
             "groups": [{"members": [lib.item(r) for r in g.members], "keep": g.keep,
                         "weakest": round(g.weakest, 4),
                         "links": [{"a": a, "b": b, "similarity": round(s, 4)}

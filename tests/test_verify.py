@@ -1,0 +1,148 @@
+"""Local-feature verification of possible copies (``udml_cli/verify.py``): the match count
+against a hand-built case with a known transform, real edited photographs (Debian's
+mate-backgrounds) against their halves and against other photos under one caption, the
+candidates against a brute-force search, the group links against a plain triangle loop, and
+``udml duplicates`` joining a strong crop only with ``--verify``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from udml_cli import verify
+from udml_cli.data.named_edits import apply, halves
+from udml_cli.review import supported
+from udml_cli.verify import Local
+
+PHOTOS = Path("/usr/share/backgrounds/mate/nature")  # scripts/setup.sh: apt mate-backgrounds
+
+
+def photo(name: str, side: int = 640) -> Image.Image:
+    path = PHOTOS / name
+    assert path.is_file(), f"{path}: apt-get install mate-backgrounds (scripts/setup.sh)"
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((side, side))
+    return im
+
+
+def test_match_counts_the_points_one_similarity_transform_maps():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([20, 20], [380, 280], (40, 2)).astype(np.float32)
+    desc = rng.integers(0, 256, (40, 128)).astype(np.uint8)
+    a = Local(pts, desc, (400, 300))
+    # b: 30 of a's points turned 20°, scaled 0.6, shifted; 15 unrelated points
+    th, sc = math.radians(20), 0.6
+    rot = sc * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    moved = pts[:30] @ rot.T + np.array([50.0, 10.0])
+    extra = rng.uniform(0, 300, (15, 2))
+    b = Local(np.concatenate([moved, extra]).astype(np.float32),
+              np.concatenate([desc[:30], rng.integers(0, 256, (15, 128))]).astype(np.uint8),
+              (300, 250))  # fmt: skip
+    inliers, coverage = verify.match(a, b)
+    assert inliers == 30
+    box = lambda p, w, h: np.ptp(p[:, 0]) * np.ptp(p[:, 1]) / (w * h)  # noqa: E731
+    assert coverage == pytest.approx(max(box(pts[:30], 400, 300), box(moved, 300, 250)), rel=1e-5)
+    # everything onto one point is no transform: a's 40 points all matched to one of b's
+    one = Local(np.array([[10.0, 10.0]] * 40, np.float32), desc.copy(), (100, 100))
+    assert verify.match(a, one) == (0, 0.0)
+    assert verify.match(a, Local(pts[:2], desc[:2], (400, 300))) == (0, 0.0)  # too few points
+
+
+def test_edited_copies_are_confirmed_and_look_alikes_are_not():
+    left, right = halves(photo("LadyBird.jpg"))
+    feats = verify.local_features(left)
+    for kind in ("crop", "flip", "rotate", "small", "caption", "grey"):
+        copy = verify.local_features(apply(left, kind, "strong"))
+        assert verify.is_copy(*verify.verify(feats, copy)), kind
+    # the other half of the same photograph: same scene and light, no pixel in common
+    assert not verify.is_copy(*verify.verify(feats, verify.local_features(right)))
+    # two different photographs under the same caption: the banner alone matches
+    other = apply(photo("Garden.jpg"), "caption", "strong")
+    captioned = verify.local_features(apply(left, "caption", "strong"))
+    assert not verify.is_copy(*verify.verify(captioned, verify.local_features(other)))
+
+
+def test_candidates_match_a_brute_force_search():
+    from udml_cli.phash import BITS
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x[1::3] = x[0::3][: len(x[1::3])] + 0.3 * rng.normal(size=(20, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    hashes = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    hashes[7] = hashes[40] ^ np.uint64(0b1011)  # 3 bits apart
+    r, c = verify.candidate_pairs(x, hashes, floor=0.5, neighbours=4, hash_distance=3)
+    sim = x @ x.T
+    want = set()
+    for i in range(60):
+        others = sorted((j for j in range(60) if j != i), key=lambda j: -sim[i, j])[:4]
+        want |= {(min(i, j), max(i, j)) for j in others if sim[i, j] >= 0.5}
+    bits = lambda v: bin(int(v)).count("1")  # noqa: E731
+    want |= {(i, j) for i in range(60) for j in range(i + 1, 60)
+             if bits(hashes[i] ^ hashes[j]) <= 3}  # fmt: skip
+    assert BITS == 64 and (7, 40) in want
+    assert set(zip(r.tolist(), c.tolist(), strict=True)) == want
+
+
+def test_links_that_alone_bridge_two_groups_are_left_out():
+    rng = np.random.default_rng(2)
+    n = 30
+    edges = {(a, b) for a in range(n) for b in range(a + 1, n) if rng.random() < 0.12}
+    edges |= {(0, 1), (0, 2), (1, 2), (2, 3), (25, 26)}  # a triangle, a tail, a lone pair
+    r, c = (np.array(v) for v in zip(*sorted(edges), strict=True))
+    (kr, kc, ks), dropped = supported((r, c, np.arange(len(r), dtype=np.float32)), n)
+    nbr = {i: {b for a, b in edges if a == i} | {a for a, b in edges if b == i} for i in range(n)}
+    want = [(a, b) for a, b in sorted(edges)
+            if nbr[a] & nbr[b] or min(len(nbr[a]), len(nbr[b])) <= 1]  # fmt: skip
+    assert list(zip(kr.tolist(), kc.tolist(), strict=True)) == want
+    assert dropped == len(edges) - len(want) > 0
+    assert ks.tolist() == [float(i) for i, e in enumerate(sorted(edges)) if e in set(want)]
+    # two triangles joined by one link: the link goes, each triangle stays whole
+    two = (np.array([0, 0, 1, 3, 3, 4, 2]), np.array([1, 2, 2, 4, 5, 5, 3]), np.ones(7))
+    (kr, kc, _), dropped = supported(two, 6)
+    assert dropped == 1 and (2, 3) not in set(zip(kr.tolist(), kc.tolist(), strict=True))
+
+
+def test_duplicates_joins_a_strong_crop_only_when_verifying(cli, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    left, _ = halves(photo("LadyBird.jpg"))
+    left.save(folder / "ladybird.jpg", quality=95)
+    apply(left, "crop", "strong").save(folder / "ladybird-crop.jpg", quality=95)
+    for name in ("Garden.jpg", "Dune.jpg", "Storm.jpg"):
+        photo(name).save(folder / name.lower(), quality=95)
+    idx = tmp_path / "idx"
+    model = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "128"]
+    assert cli("index", folder, "--out", idx, *model, "--no-calibrate").code == 0
+
+    def groups(*extra) -> list[list[str]]:
+        r = cli("duplicates", "--index", idx, "--threshold", "0.99", "--json", *extra)
+        assert r.code == 0, r.err
+        return [g["paths"] for g in json.loads(r.out)["groups"]], r.err
+
+    plain, said = groups("--no-verify")
+    assert plain == [] and "--no-verify" in said
+    found, said = groups()
+    assert found == [["ladybird-crop.jpg", "ladybird.jpg"]]
+    assert "confirmed" in said
+
+
+def test_verify_without_opencv_says_what_to_install(cli, monkeypatch, tmp_path):
+    from udml_cli.index import Index
+
+    x = np.eye(3, dtype=np.float32)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Index(folder, {"backbone": "tiny-test", "weights": "none", "image_size": 16}, x,
+          [(f"{i}.png", 1, 1) for i in range(3)]).save(tmp_path / "idx")  # fmt: skip
+    monkeypatch.setattr(verify, "available", lambda: False)
+    r = cli("duplicates", "--index", tmp_path / "idx", "--verify")
+    assert r.code != 0 and "pip install opencv-python-headless" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    r = cli("duplicates", "--index", tmp_path / "idx")
+    assert r.code == 0 and "OpenCV is not installed" in r.err

@@ -1,0 +1,205 @@
+"""Local-feature verification of possible copies: what ``udml duplicates`` adds to the embedding
+and the perceptual hashes.
+
+A copy shares many points with its original that one similarity transform (rotation, scale,
+shift: a crop, a rotation, a resize) maps onto each other — or, for a mirrored copy, onto the
+mirror image. Two pictures of one scene, or two photographs under the same caption, share
+textures but few such points, or only inside a strip. So a candidate pair is checked by SIFT
+keypoints (OpenCV; grey, contrast-equalised, longer side ``SIDE`` px), RootSIFT descriptors
+matched one-to-one with Lowe's ratio test, and a RANSAC fit of a similarity transform (its
+scale within 1/8…8): the pair is a copy when at least ``MIN_INLIERS`` matches agree and they
+span at least ``MIN_COVERAGE`` of one picture's area (``benchmarks/copies.py`` measures both).
+
+Only candidates are checked (``candidate_pairs``): each image's ``NEIGHBOURS`` nearest others
+with embedding similarity ≥ ``FLOOR``, and hashes at most ``HASH_DISTANCE`` bits apart. Images
+are read again from the indexed folder (a file gone or unreadable is simply not verified).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SIDE = 512  # longer side the keypoints are found at (px)
+FEATURES = 500  # keypoints per image, the strongest
+CONTRAST = 0.003  # SIFT's contrast threshold, after CLAHE: smooth photographs keep keypoints
+RATIO = 0.8  # Lowe's ratio test
+REPROJECTION = 6.0  # px at SIDE: how far a point may land from where the transform puts it
+MIN_INLIERS = 10
+MIN_COVERAGE = 0.2  # of one picture's area: the box around the agreeing points
+FLOOR = 0.5  # candidates: embedding similarity at least this …
+NEIGHBOURS = 24  # … among each image's nearest others
+HASH_DISTANCE = 12  # and hashes at most this many bits apart
+CACHED = 4096  # images whose keypoints stay in memory (about 130 KB each)
+
+
+def available() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Local:
+    """One picture's keypoints: ``points`` (n, 2) px, ``desc`` (n, 128) uint8 SIFT, ``size``."""
+
+    points: np.ndarray
+    desc: np.ndarray
+    size: tuple[int, int]
+
+
+def local_features(image) -> tuple[Local, Local]:
+    """Keypoints of a PIL image and of its mirror image."""
+    import cv2
+
+    grey = image.convert("L")
+    grey.thumbnail((SIDE, SIDE))
+    a = np.asarray(grey)
+    sift = cv2.SIFT_create(nfeatures=FEATURES, contrastThreshold=CONTRAST)
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+
+    def one(img: np.ndarray) -> Local:
+        kp, desc = sift.detectAndCompute(clahe.apply(np.ascontiguousarray(img)), None)
+        if desc is None:
+            return Local(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), grey.size)
+        pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
+        return Local(pts, np.clip(desc, 0, 255).astype(np.uint8), grey.size)
+
+    return one(a), one(a[:, ::-1])
+
+
+def path_features(path: Path) -> tuple[Local, Local] | None:
+    """``local_features`` of an image file; None when it cannot be read."""
+    from udml_cli.data.images import ImageError, load_rgb
+
+    try:
+        return local_features(load_rgb(path))
+    except ImageError:
+        return None
+
+
+def _root(desc: np.ndarray) -> np.ndarray:
+    """RootSIFT: L1-normalised, square-rooted (Arandjelović & Zisserman, 2012)."""
+    d = desc.astype(np.float32)
+    return np.sqrt(d / (d.sum(1, keepdims=True) + 1e-7))
+
+
+def match(a: Local, b: Local) -> tuple[int, float]:
+    """``(inliers, coverage)``: how many of ``a``'s keypoints one similarity transform maps onto
+    their one-to-one matches in ``b``, and the larger share of either picture's area the box
+    around those points covers."""
+    import cv2
+
+    if len(a.desc) < 3 or len(b.desc) < 3:
+        return 0, 0.0
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(_root(a.desc), _root(b.desc), k=2)
+    best: dict[int, tuple[float, int]] = {}  # b's keypoint -> (distance, a's keypoint)
+    for m in knn:
+        if len(m) == 2 and m[0].distance < RATIO * m[1].distance:
+            t = m[0].trainIdx
+            if t not in best or m[0].distance < best[t][0]:
+                best[t] = (m[0].distance, m[0].queryIdx)
+    if len(best) < 4:
+        return 0, 0.0
+    dst = b.points[list(best)]
+    src = a.points[[q for _, q in best.values()]]
+    fit, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                            ransacReprojThreshold=REPROJECTION)  # fmt: skip
+    if fit is None or mask is None:
+        return 0, 0.0
+    scale = float(np.sqrt(abs(np.linalg.det(fit[:, :2]))))
+    if not 1 / 8 < scale < 8:  # everything onto one point (or from one): no copy
+        return 0, 0.0
+    agree = mask.ravel().astype(bool)
+
+    def cover(p: np.ndarray, size: tuple[int, int]) -> float:
+        q = p[agree]
+        return float(np.ptp(q[:, 0]) * np.ptp(q[:, 1]) / (size[0] * size[1]))
+
+    return int(agree.sum()), max(cover(src, a.size), cover(dst, b.size))
+
+
+def verify(a: tuple[Local, Local], b: tuple[Local, Local]) -> tuple[int, float]:
+    """``match`` of ``a`` against ``b`` and against ``b``'s mirror image: the better."""
+    return max(match(a[0], b[0]), match(a[0], b[1]))
+
+
+def is_copy(inliers: int, coverage: float) -> bool:
+    return inliers >= MIN_INLIERS and coverage >= MIN_COVERAGE
+
+
+def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
+                    floor: float = FLOOR, neighbours: int = NEIGHBOURS,
+                    hash_distance: int = HASH_DISTANCE) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Rows ``(a, b)``, ``a < b``, worth verifying: among each row's ``neighbours`` nearest (exact
+    inner product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(x)
+    keys = []
+    if n > 1:
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        k = min(neighbours + 1, n)
+        for start in range(0, n, 8192):
+            sim, found = index.search(x[start : start + 8192], k)
+            q = np.repeat(np.arange(start, start + len(sim)), k).reshape(len(sim), k)
+            ok = (sim >= floor) & (found >= 0) & (found != q)
+            a, b = q[ok].astype(np.int64), found[ok].astype(np.int64)
+            keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+    if hashes is not None and n > 1:
+        from udml_cli.phash import hash_pairs
+
+        hr, hc = hash_pairs(hashes, hash_distance)
+        keys.append(hr.astype(np.int64) * n + hc.astype(np.int64))
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    k = np.unique(np.concatenate(keys))
+    return k // n, k % n
+
+
+def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress=None,
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(inliers, coverage)`` of each pair ``(paths[rows[i]], paths[cols[i]])``; keypoints are
+    found once per image (at most ``CACHED`` kept at a time) on a pool of threads."""
+    import os
+
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool is the parallelism
+    workers = workers or min(8, os.cpu_count() or 1)
+    inliers = np.zeros(len(rows), np.int32)
+    coverage = np.zeros(len(rows), np.float32)
+    order = np.lexsort((cols, rows))
+    cache: OrderedDict[int, tuple[Local, Local] | None] = OrderedDict()
+    task = progress.add_task("checking possible copies", total=len(rows)) if progress else None
+    step = CACHED // 2
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            need = np.unique(np.concatenate([rows[chunk], cols[chunk]])).tolist()
+            todo = [r for r in need if r not in cache]
+            for r in need:
+                if r in cache:
+                    cache.move_to_end(r)
+            while len(cache) + len(todo) > CACHED and cache:
+                cache.popitem(last=False)  # the least recently used, never one this chunk needs
+            for r, f in zip(todo, pool.map(lambda r: path_features(paths[r]), todo), strict=True):
+                cache[r] = f
+
+            def one(i: int) -> tuple[int, float]:
+                a, b = cache[int(rows[i])], cache[int(cols[i])]
+                return (0, 0.0) if a is None or b is None else verify(a, b)
+
+            for i, (m, c) in zip(chunk.tolist(), pool.map(one, chunk.tolist()), strict=True):
+                inliers[i], coverage[i] = m, c
+            if progress:
+                progress.advance(task, len(chunk))
+    return inliers, coverage
