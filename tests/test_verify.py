@@ -129,7 +129,9 @@ def test_duplicates_joins_a_strong_crop_only_when_verifying(cli, tmp_path):
     assert plain == [] and "--no-verify" in said
     found, said = groups()
     assert found == [["ladybird-crop.jpg", "ladybird.jpg"]]
-    assert "confirmed" in said
+    assert "1 confirmed" in said
+    doc = json.loads(cli("duplicates", "--index", idx, "--threshold", "0.99", "--json").out)
+    assert doc["confirmed_by_local_features"] == 1 and doc["checked_by_local_features"] >= 1
 
 
 def test_verify_without_opencv_says_what_to_install(cli, monkeypatch, tmp_path):

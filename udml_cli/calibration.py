@@ -68,7 +68,9 @@ class Calibration:
             f"duplicate threshold {self.threshold:.4f} for precision {self.precision:g}, "
             f"calibrated on edited copies of {self.sample} of these images against each image's "
             f"most similar other image ({self.negatives} not taken for copies, "
-            f"{100 * self.false_match_rate:.1f}% above it); expected recall per edit: {kinds}"
+            f"{100 * self.false_match_rate:.1f}% above it); expected recall per edit: {kinds} "
+            "(by the embedding alone: udml duplicates also joins perceptual hashes and checks "
+            "closer candidates by local features)"
         )
 
 

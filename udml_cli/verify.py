@@ -79,7 +79,7 @@ def path_features(path: Path) -> tuple[Local, Local] | None:
     from udml_cli.data.images import ImageError, load_rgb
 
     try:
-        return local_features(load_rgb(path))
+        return local_features(load_rgb(path, at_least=SIDE))
     except ImageError:
         return None
 

@@ -319,4 +319,6 @@ def duplicates(
         )
     if as_json:
         emit_json({"index": str(index_dir), "threshold": t, "threshold_from": found.threshold_from,
-                   "hash_distance": found.hash_distance, "groups": out})  # fmt: skip
+                   "hash_distance": found.hash_distance, "checked_by_local_features":
+                   found.checked, "confirmed_by_local_features": found.verified,
+                   "links_left_out": found.unsupported, "groups": out})  # fmt: skip

@@ -25,14 +25,18 @@ class ImageError(DatasetError):
     """An image file that cannot be decoded."""
 
 
-def load_rgb(path, name: str | None = None) -> Image.Image:
+def load_rgb(path, name: str | None = None, at_least: int | None = None) -> Image.Image:
     """The image at ``path`` (a file name, or an open binary file: an upload) as RGB; one
-    ``ImageError`` naming it (``name``, else ``path``) when it cannot be decoded."""
+    ``ImageError`` naming it (``name``, else ``path``) when it cannot be decoded. ``at_least``:
+    a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while both sides stay ≥ that many px (or
+    the longer side, for a long picture; much faster for a large photograph)."""
     try:
         with warnings.catch_warnings():
             # Pillow warns above 89 M pixels and refuses above 179 M: both are skipped here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if at_least is not None:
+                    im.draft("RGB", (at_least, at_least))
                 if im.mode == "P" and "transparency" in im.info:
                     im = im.convert("RGBA")  # the same colours, without Pillow's warning
                 return im.convert("RGB")
