@@ -50,6 +50,13 @@ def make_folder(root: Path, originals: int, size: int) -> tuple[list[Path], np.n
     n = 0
     for photo in photos:
         im = Image.open(photo).convert("RGB")
+        if mirror_halves(*halves(im)):
+            print(
+                f"left out {photo}: its halves are mirror images of each other (a mirrored "
+                "copy, not a look-alike)",
+                file=sys.stderr,
+            )
+            continue
         for half in halves(im):
             if n >= originals:
                 break
@@ -67,6 +74,56 @@ def make_folder(root: Path, originals: int, size: int) -> tuple[list[Path], np.n
                 edit.append(what)
             n += 1
     return paths, np.array(family), edit
+
+
+def mirror_halves(a, b) -> bool:
+    """Whether ``b`` mirrored is ``a`` (a symmetric picture: its halves are mirrored copies of
+    each other, which the flip edit makes too): grey 64×64, correlation > 0.9."""
+    from PIL import ImageOps
+
+    x = np.asarray(a.convert("L").resize((64, 64)), float).ravel()
+    y = np.asarray(ImageOps.mirror(b.convert("L")).resize((64, 64)), float).ravel()
+    return bool(np.corrcoef(x, y)[0, 1] > 0.9)
+
+
+def as_matrix(r: np.ndarray, c: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros((n, n), bool)
+    m[r, c] = m[c, r] = True
+    return m
+
+
+def grouped(links: np.ndarray) -> np.ndarray:
+    """Every pair inside one connected component of ``links`` (what a user reviews as a group)."""
+    from scipy.sparse.csgraph import connected_components
+
+    _, label = connected_components(links, directed=False)
+    return label[:, None] == label[None, :]
+
+
+def as_shipped(x, sim, t, ours, codes, paths) -> tuple[dict, dict]:
+    """``udml duplicates``' default on one embedding: the threshold ``t`` joined with pHash ≤ 6,
+    candidates checked by local features, links that alone bridge two groups left out. Its
+    pairs (the links) and its groups (every pair inside one), scored."""
+    from udml_cli import verify
+    from udml_cli.phash import DEFAULT_DISTANCE
+    from udml_cli.review import supported
+
+    n = len(sim)
+    base = np.triu((sim >= t) | (ours <= DEFAULT_DISTANCE), 1)
+    r, c = np.nonzero(base)
+    t0 = time.perf_counter()
+    cr, cc = verify.candidate_pairs(x, codes)
+    new = ~base[cr, cc]
+    cr, cc = cr[new], cc[new]
+    inliers, coverage = verify.verify_pairs(paths, cr, cc)
+    seconds = time.perf_counter() - t0
+    ok = (inliers >= verify.MIN_INLIERS) & (coverage >= verify.MIN_COVERAGE)
+    r, c = np.concatenate([r, cr[ok]]), np.concatenate([c, cc[ok]])
+    (r, c, _), dropped = supported((r, c, sim[r, c]), n)
+    links = as_matrix(r, c, n)
+    info = {"verify seconds": seconds, "candidates checked": len(cr),
+            "confirmed by local features": int(ok.sum()), "links left out": dropped}  # fmt: skip
+    return links, info
 
 
 def pair_scores(found: np.ndarray, family: np.ndarray, edit: list) -> dict:
@@ -169,7 +226,7 @@ def main() -> None:
         folder = Path(tmp) / "photos"
         paths, family, edit = make_folder(folder, args.originals, args.size)
         print(f"{len(paths)} images, {family.max() + 1} originals", file=sys.stderr)
-        sims = {}
+        sims, xs = {}, {}
         for variant in args.variants:
             t0 = time.perf_counter()
             model, cfg = embedder(variant, folder)
@@ -179,7 +236,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             assert ok.all()
             sim = x @ x.T
-            sims[variant] = sim
+            sims[variant], xs[variant] = sim, x
             name = f"udml {variant}"
             rows[f"{name} @ {DEFAULT_THRESHOLD} (default)"] = \
                 pair_scores(sim >= DEFAULT_THRESHOLD, family, edit) | {"seconds": seconds,
@@ -211,7 +268,7 @@ def main() -> None:
         rows["imagehash pHash ≤ 10"] = pair_scores(dist <= 10, family, edit) | \
             {"seconds": time.perf_counter() - t0}  # fmt: skip
         # what `udml duplicates` does by default: the calibrated threshold joined with udml's
-        # own perceptual hashes at most 6 bits apart
+        # own perceptual hashes at most 6 bits apart, then candidates checked by local features
         from udml_cli.phash import DEFAULT_DISTANCE, file_hashes
 
         t0 = time.perf_counter()
@@ -222,9 +279,17 @@ def main() -> None:
         for variant in args.variants:
             key = next(k for k in rows if k.startswith(f"udml {variant} @") and "calibrated" in k)
             cal_t = float(key.split("@ ")[1].split(" ")[0])
-            rows[f"udml {variant} @ {cal_t:.3f} + pHash ≤ {DEFAULT_DISTANCE} (udml duplicates "
-                 "default)"] = pair_scores((sims[variant] >= cal_t) | (ours <= DEFAULT_DISTANCE),
+            rows[f"udml {variant} @ {cal_t:.3f} + pHash ≤ {DEFAULT_DISTANCE} (the default before "
+                 "local features)"] = pair_scores((sims[variant] >= cal_t) | (ours <= DEFAULT_DISTANCE),
                                            family, edit) | {"hashing seconds": hash_s}  # fmt: skip
+            links, info = as_shipped(xs[variant], sims[variant], cal_t, ours, codes, paths)
+            name = f"udml {variant} @ {cal_t:.3f} + pHash + local features"
+            rows[f"{name}, links (udml duplicates default)"] = \
+                pair_scores(links, family, edit) | info | {
+                    "seconds": rows[key]["seconds"] + hash_s + info["verify seconds"]}  # fmt: skip
+            rows[f"{name}, groups (udml duplicates default)"] = pair_scores(
+                grouped(links), family, edit
+            )
     for case, metrics in rows.items():
         for metric, value in metrics.items():
             res.add(case, metric, value, higher_is_better=metric != "seconds")
