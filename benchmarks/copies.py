@@ -86,12 +86,6 @@ def mirror_halves(a, b) -> bool:
     return bool(np.corrcoef(x, y)[0, 1] > 0.9)
 
 
-def as_matrix(r: np.ndarray, c: np.ndarray, n: int) -> np.ndarray:
-    m = np.zeros((n, n), bool)
-    m[r, c] = m[c, r] = True
-    return m
-
-
 def grouped(links: np.ndarray) -> np.ndarray:
     """Every pair inside one connected component of ``links`` (what a user reviews as a group)."""
     from scipy.sparse.csgraph import connected_components
@@ -100,29 +94,28 @@ def grouped(links: np.ndarray) -> np.ndarray:
     return label[:, None] == label[None, :]
 
 
-def as_shipped(x, sim, t, ours, codes, paths) -> tuple[dict, dict]:
-    """``udml duplicates``' default on one embedding: the threshold ``t`` joined with pHash ≤ 6,
-    candidates checked by local features, links that alone bridge two groups left out. Its
-    pairs (the links) and its groups (every pair inside one), scored."""
-    from udml_cli import verify
-    from udml_cli.phash import DEFAULT_DISTANCE
-    from udml_cli.review import supported
+def as_shipped(x, t, codes, paths, root) -> tuple[np.ndarray, dict]:
+    """``udml duplicates``' default on one embedding (``review.find_duplicates`` on an index of
+    these rows): the threshold ``t`` joined with pHash ≤ 6, local features on its links and on
+    looser candidates, links that alone bridge two groups left out. Its links as a matrix."""
+    from udml_cli.index import Index
+    from udml_cli.review import find_duplicates
 
-    n = len(sim)
-    base = np.triu((sim >= t) | (ours <= DEFAULT_DISTANCE), 1)
-    r, c = np.nonzero(base)
+    files = [
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths
+    ]
+    index = Index(root, {"backbone": "benchmark"}, x, files, hashes=codes)
     t0 = time.perf_counter()
-    cr, cc = verify.candidate_pairs(x, codes)
-    new = ~base[cr, cc]
-    cr, cc = cr[new], cc[new]
-    inliers, coverage = verify.verify_pairs(paths, cr, cc)
+    found = find_duplicates(index, threshold=t)
     seconds = time.perf_counter() - t0
-    ok = (inliers >= verify.MIN_INLIERS) & (coverage >= verify.MIN_COVERAGE)
-    r, c = np.concatenate([r, cr[ok]]), np.concatenate([c, cc[ok]])
-    (r, c, _), dropped = supported((r, c, sim[r, c]), n)
-    links = as_matrix(r, c, n)
-    info = {"verify seconds": seconds, "candidates checked": len(cr),
-            "confirmed by local features": int(ok.sum()), "links left out": dropped}  # fmt: skip
+    links = np.zeros((len(paths), len(paths)), bool)
+    for g in found.groups:
+        for a, b, _ in g.pairs:
+            links[a, b] = links[b, a] = True
+    info = {"verify seconds": seconds, "pairs checked": found.checked,
+            "confirmed by local features": found.verified,
+            "overruled by local features": found.overruled,
+            "links left out": found.unsupported}  # fmt: skip
     return links, info
 
 
@@ -282,7 +275,7 @@ def main() -> None:
             rows[f"udml {variant} @ {cal_t:.3f} + pHash ≤ {DEFAULT_DISTANCE} (the default before "
                  "local features)"] = pair_scores((sims[variant] >= cal_t) | (ours <= DEFAULT_DISTANCE),
                                            family, edit) | {"hashing seconds": hash_s}  # fmt: skip
-            links, info = as_shipped(xs[variant], sims[variant], cal_t, ours, codes, paths)
+            links, info = as_shipped(xs[variant], cal_t, codes, paths, folder)
             name = f"udml {variant} @ {cal_t:.3f} + pHash + local features"
             rows[f"{name}, links (udml duplicates default)"] = \
                 pair_scores(links, family, edit) | info | {

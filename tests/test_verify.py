@@ -129,9 +129,33 @@ def test_duplicates_joins_a_strong_crop_only_when_verifying(cli, tmp_path):
     assert plain == [] and "--no-verify" in said
     found, said = groups()
     assert found == [["ladybird-crop.jpg", "ladybird.jpg"]]
-    assert "1 confirmed" in said
+    assert "1 more confirmed" in said
     doc = json.loads(cli("duplicates", "--index", idx, "--threshold", "0.99", "--json").out)
     assert doc["confirmed_by_local_features"] == 1 and doc["checked_by_local_features"] >= 1
+
+
+def test_keypoints_overrule_the_embedding_on_two_halves_of_one_photograph(cli, tmp_path):
+    from udml_cli.index import Index
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    left, right = halves(photo("LadyBird.jpg"))
+    left.save(folder / "left.jpg", quality=95)
+    right.save(folder / "right.jpg", quality=95)
+    apply(left, "bright", "mild").save(folder / "left-bright.jpg", quality=95)
+    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    x = np.ones((3, 4), np.float32) / 2  # the embedding calls all three the same picture
+    Index(folder, {"backbone": "tiny-test", "weights": "none", "image_size": 16}, x,
+          files).save(tmp_path / "idx")  # fmt: skip
+    assert [f[0] for f in files] == ["left-bright.jpg", "left.jpg", "right.jpg"]
+    r = cli("duplicates", "--index", tmp_path / "idx", "--json", "--no-verify")
+    assert [g["paths"] for g in json.loads(r.out)["groups"]] == [[f[0] for f in files]]
+    r = cli("duplicates", "--index", tmp_path / "idx", "--json")
+    doc = json.loads(r.out)
+    assert [g["paths"] for g in doc["groups"]] == [["left-bright.jpg", "left.jpg"]]
+    assert doc["overruled_by_local_features"] == 2 and "2 overruled" in r.err
+    rich = [len(verify.local_features(im)[0].points) for im in (left, right)]
+    assert min(rich) >= verify.RICH  # both have keypoints to disagree with
 
 
 def test_verify_without_opencv_says_what_to_install(cli, monkeypatch, tmp_path):

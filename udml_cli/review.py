@@ -72,6 +72,7 @@ class Found:
     verify_from: str = "without local-feature checks (--no-verify)"
     checked: int = 0  # candidate pairs checked by local features
     verified: int = 0  # pairs only those checks joined
+    overruled: int = 0  # pairs the embedding or hashes joined that those checks undid
     unsupported: int = 0  # links left out: they alone would have joined two groups
 
 
@@ -136,19 +137,16 @@ def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress):
                              "opencv-python-headless)")  # fmt: skip
         return pairs
     r, c, s = pairs
-    n = len(index.vectors)
-    cr, cc = verify.candidate_pairs(index.vectors, hashes)
-    new = ~np.isin(cr * n + cc, r.astype(np.int64) * n + c.astype(np.int64))
-    cr, cc = cr[new], cc[new]
-    inliers, coverage = verify.verify_pairs([index.folder / p for p in index.paths], cr, cc,
-                                            progress)  # fmt: skip
-    ok = (inliers >= verify.MIN_INLIERS) & (coverage >= verify.MIN_COVERAGE)
-    found.checked, found.verified = len(cr), int(ok.sum())
+    got = verify.check_links([index.folder / p for p in index.paths], index.vectors, hashes, r, c,
+                             progress)  # fmt: skip
+    found.checked, found.verified = got["checked"], got["confirmed"]
+    found.overruled = got["overruled"]
     found.verify_from = (
-        f"{len(cr)} more possible pairs checked by local features, {found.verified} confirmed "
-        "(--no-verify skips it)"
+        f"{found.checked} possible pairs checked by local features: {found.verified} more "
+        f"confirmed, {found.overruled} overruled (--no-verify skips it)"
     )
-    vr, vc = cr[ok], cc[ok]
+    keep, vr, vc = got["keep"], got["rows"], got["cols"]
+    r, c, s = r[keep], c[keep], s[keep]
     vs = np.einsum("ij,ij->i", index.vectors[vr], index.vectors[vc]).astype(np.float32)
     return (np.concatenate([r, vr.astype(r.dtype)]), np.concatenate([c, vc.astype(c.dtype)]),
             np.concatenate([s, vs]))  # fmt: skip

@@ -9,6 +9,9 @@ keypoints (OpenCV; grey, contrast-equalised, longer side ``SIDE`` px), RootSIFT 
 matched one-to-one with Lowe's ratio test, and a RANSAC fit of a similarity transform (its
 scale within 1/8…8): the pair is a copy when at least ``MIN_INLIERS`` matches agree and they
 span at least ``MIN_COVERAGE`` of one picture's area (``benchmarks/copies.py`` measures both).
+The other way round, a pair the embedding or the hashes join is overruled when both pictures
+have at least ``RICH`` keypoints and none of the above holds: two halves of one smooth
+photograph can be as close as copies to a global descriptor, never to their keypoints.
 
 Only candidates are checked (``candidate_pairs``): each image's ``NEIGHBOURS`` nearest others
 with embedding similarity ≥ ``FLOOR``, and hashes at most ``HASH_DISTANCE`` bits apart. Images
@@ -31,6 +34,7 @@ RATIO = 0.8  # Lowe's ratio test
 REPROJECTION = 6.0  # px at SIDE: how far a point may land from where the transform puts it
 MIN_INLIERS = 10
 MIN_COVERAGE = 0.2  # of one picture's area: the box around the agreeing points
+RICH = 200  # keypoints in each picture for their disagreement to overrule the embedding's
 FLOOR = 0.5  # candidates: embedding similarity at least this …
 NEIGHBOURS = 24  # … among each image's nearest others
 HASH_DISTANCE = 12  # and hashes at most this many bits apart
@@ -166,9 +170,10 @@ def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
 
 
 def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress=None,
-                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``(inliers, coverage)`` of each pair ``(paths[rows[i]], paths[cols[i]])``; keypoints are
-    found once per image (at most ``CACHED`` kept at a time) on a pool of threads."""
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """``(inliers, coverage, keypoints)`` of each pair ``(paths[rows[i]], paths[cols[i]])``
+    (``keypoints``: the fewer of the two pictures'); keypoints are found once per image (at
+    most ``CACHED`` kept at a time) on a pool of threads."""
     import os
 
     import cv2
@@ -177,6 +182,7 @@ def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress
     workers = workers or min(8, os.cpu_count() or 1)
     inliers = np.zeros(len(rows), np.int32)
     coverage = np.zeros(len(rows), np.float32)
+    keypoints = np.zeros(len(rows), np.int32)
     order = np.lexsort((cols, rows))
     cache: OrderedDict[int, tuple[Local, Local] | None] = OrderedDict()
     task = progress.add_task("checking possible copies", total=len(rows)) if progress else None
@@ -194,12 +200,34 @@ def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress
             for r, f in zip(todo, pool.map(lambda r: path_features(paths[r]), todo), strict=True):
                 cache[r] = f
 
-            def one(i: int) -> tuple[int, float]:
+            def one(i: int) -> tuple[int, float, int]:
                 a, b = cache[int(rows[i])], cache[int(cols[i])]
-                return (0, 0.0) if a is None or b is None else verify(a, b)
+                if a is None or b is None:
+                    return 0, 0.0, 0
+                return (*verify(a, b), min(len(a[0].points), len(b[0].points)))
 
-            for i, (m, c) in zip(chunk.tolist(), pool.map(one, chunk.tolist()), strict=True):
-                inliers[i], coverage[i] = m, c
+            for i, got in zip(chunk.tolist(), pool.map(one, chunk.tolist()), strict=True):
+                inliers[i], coverage[i], keypoints[i] = got
             if progress:
                 progress.advance(task, len(chunk))
-    return inliers, coverage
+    return inliers, coverage, keypoints
+
+
+def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | None,
+                rows: np.ndarray, cols: np.ndarray, progress=None) -> dict:  # fmt: skip
+    """Local features on the links ``(rows, cols)`` the embedding and hashes made and on the
+    looser ``candidate_pairs``: ``{"keep": mask over the links (False: overruled), "rows",
+    "cols": candidates confirmed, "checked", "confirmed", "overruled"}``."""
+    n = len(vectors)
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    cr, cc = candidate_pairs(vectors, hashes)
+    new = ~np.isin(cr * n + cc, rows * n + cols)
+    cr, cc = cr[new], cc[new]
+    inliers, coverage, keypoints = verify_pairs(paths, np.concatenate([rows, cr]),
+                                                np.concatenate([cols, cc]), progress)  # fmt: skip
+    copy = (inliers >= MIN_INLIERS) & (coverage >= MIN_COVERAGE)
+    m = len(rows)
+    keep = copy[:m] | (keypoints[:m] < RICH)
+    ok = copy[m:]
+    return {"keep": keep, "rows": cr[ok], "cols": cc[ok], "checked": m + len(cr),
+            "confirmed": int(ok.sum()), "overruled": int((~keep).sum())}  # fmt: skip

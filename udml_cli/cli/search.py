@@ -321,4 +321,5 @@ def duplicates(
         emit_json({"index": str(index_dir), "threshold": t, "threshold_from": found.threshold_from,
                    "hash_distance": found.hash_distance, "checked_by_local_features":
                    found.checked, "confirmed_by_local_features": found.verified,
+                   "overruled_by_local_features": found.overruled,
                    "links_left_out": found.unsupported, "groups": out})  # fmt: skip

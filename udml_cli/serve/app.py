@@ -128,7 +128,8 @@ def create_app(lib: Library, run_dir: Path | None = None, hosts: list[str] | Non
         return {
             "threshold": found.threshold, "threshold_from": found.threshold_from,
             "hash_distance": found.hash_distance, "hashes_from": found.hashes_from,
-            "verified": found.verified, "verify_from": found.verify_from,
+            "verified": found.verified, "overruled": found.overruled,
+            "verify_from": found.verify_from,
             "groups": [{"members": [lib.item(r) for r in g.members], "keep": g.keep,
                         "weakest": round(g.weakest, 4),
                         "links": [{"a": a, "b": b, "similarity": round(s, 4)}
