@@ -53,6 +53,27 @@ def test_match_counts_the_points_one_similarity_transform_maps():
     assert verify.match(a, Local(pts[:2], desc[:2], (400, 300))) == (0, 0.0)  # too few points
 
 
+def test_mirrored_keypoints_are_what_sift_finds_on_the_mirror_image():
+    import cv2
+
+    grey = photo("LadyBird.jpg").convert("L")
+    grey.thumbnail((verify.SIDE, verify.SIDE))
+    a = np.asarray(grey)
+    sift = cv2.SIFT_create(nfeatures=200)
+    kp, desc = sift.detectAndCompute(a, None)
+    f = Local(np.array([k.pt for k in kp], np.float32), desc.astype(np.uint8), grey.size)
+    m = verify.mirrored(f)
+    w = a.shape[1]
+    # the reference: SIFT describing the mirrored keypoints (angle reflected) on the mirror image
+    flipped = [cv2.KeyPoint(w - 1 - k.pt[0], k.pt[1], k.size, (180 - k.angle) % 360, k.response,
+                            k.octave, k.class_id) for k in kp]  # fmt: skip
+    _, want = sift.compute(np.ascontiguousarray(a[:, ::-1]), flipped)
+    assert np.allclose(m.points[:, 0], [k.pt[0] for k in flipped])
+    err = np.abs(m.desc.astype(float) - want).mean()
+    assert err < 0.15 * np.abs(want).mean()  # interpolation differs a little; unpermuted: ~100 %
+    assert np.abs(f.desc.astype(float) - want).mean() > 0.8 * np.abs(want).mean()
+
+
 def test_edited_copies_are_confirmed_and_look_alikes_are_not():
     left, right = halves(photo("LadyBird.jpg"))
     feats = verify.local_features(left)

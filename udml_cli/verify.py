@@ -59,7 +59,7 @@ class Local:
 
 
 def local_features(image) -> tuple[Local, Local]:
-    """Keypoints of a PIL image and of its mirror image."""
+    """Keypoints of a PIL image and of its mirror image (``mirrored``)."""
     import cv2
 
     grey = image.convert("L")
@@ -75,7 +75,17 @@ def local_features(image) -> tuple[Local, Local]:
         pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
         return Local(pts, np.clip(desc, 0, 255).astype(np.uint8), grey.size)
 
-    return one(a), one(a[:, ::-1])
+    return (this := one(a)), mirrored(this)
+
+
+def mirrored(f: Local) -> Local:
+    """The keypoints of the mirror image, without finding them again: each point's x reflected
+    and its SIFT descriptor permuted (the 4×4 grid's rows reversed, orientation bin o → −o mod
+    8, for OpenCV's layout; tests/test_verify.py checks it against SIFT on the mirror image)."""
+    pts = f.points.copy()
+    pts[:, 0] = f.size[0] - 1 - pts[:, 0]
+    desc = f.desc.reshape(-1, 4, 4, 8)[:, ::-1][..., (-np.arange(8)) % 8]
+    return Local(pts, np.ascontiguousarray(desc.reshape(-1, 128)), f.size)
 
 
 def path_features(path: Path) -> tuple[Local, Local] | None:
