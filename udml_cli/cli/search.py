@@ -221,9 +221,10 @@ def duplicates(
         bool | None,
         typer.Option(
             "--verify/--no-verify",
-            help="Also check looser candidates (each image's nearest neighbours, hashes up to 12 "
-            "bits apart) by matching local features in the files, and join those that one "
-            "crop/rotation/mirror maps onto each other (default: on when OpenCV is installed).",
+            help="Check pairs by matching local features in the files: join looser candidates "
+            "(each image's nearest neighbours, hashes up to 12 bits apart) whose keypoints one "
+            "crop/rotation/mirror maps onto each other, and undo a join when both pictures have "
+            "keypoints and none agree (default: on when OpenCV is installed).",
         ),
     ] = None,
     html_out: HtmlOpt = None,
@@ -233,10 +234,10 @@ def duplicates(
 
     A pair joins when its embedding similarity reaches the threshold (the one calibrated when
     the index was built, unless given) or its perceptual hashes are at most --hash-distance bits
-    apart: the two find opposite edits. Closer candidates below both are then checked in the
-    files themselves (--verify): a crop, mirror or rotation of one picture shares keypoints
-    with it that one transform maps onto each other. Every group lists its links, with their
-    similarity, in --json;
+    apart: the two find opposite edits. Then pairs are checked in the files themselves
+    (--verify): a crop, mirror or rotation of one picture shares keypoints with it that one
+    transform maps onto each other, two look-alike pictures do not. Every group lists its
+    links, with their similarity, in --json;
     --keep RULE says which file of each group to keep and which could go. udml never deletes.
 
     \b
