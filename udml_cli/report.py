@@ -293,15 +293,12 @@ def index_report(index_dir: Path, threshold: float | None = None) -> str:
     idx = Index.load(index_dir)
     paths = [idx.folder / p for p in idx.paths]
     found = find_duplicates(idx, threshold)
-    t, groups = found.threshold, found.groups
-    joined = (", hashes" if found.hash_distance is not None else "") + (
-        f", {found.verified} pairs by local features" if found.verified else ""
-    )
+    groups = found.groups
     k = min(auto_clusters(len(paths), 2), len(paths))
     km = kmeans(idx.vectors, k, seed=0)
     return page(f"udml index: {idx.folder} ({len(paths)} images)", [
         ("Search: sample queries and their nearest images", retrieval_grid(idx.vectors, paths, None)),
-        (f"Near-duplicates (similarity ≥ {t}{joined})", duplicate_section(groups, paths)),
+        (f"Near-duplicates ({found.joined_by})", duplicate_section(groups, paths)),
         (f"Cluster sizes (k-means, k = {k})", bar_chart("images per cluster", np.bincount(km.labels, minlength=k).tolist())),
         ("The biggest clusters", contact_sheets(km.labels, paths)),
     ])  # fmt: skip

@@ -75,6 +75,13 @@ class Found:
     overruled: int = 0  # pairs the embedding or hashes joined that those checks undid
     unsupported: int = 0  # links left out: they alone would have joined two groups
 
+    @property
+    def joined_by(self) -> str:
+        """What joins a pair, for a heading: ``similarity ≥ 0.95, hashes, or 12 pairs by …``."""
+        hashes = ", hashes" if self.hash_distance is not None else ""
+        local = f", or {self.verified} pairs by local features" if self.verified else ""
+        return f"similarity ≥ {self.threshold}{hashes}{local}"
+
 
 def find_duplicates(index, threshold: float | None = None, hash_distance: int | None = None,
                     no_hash: bool = False, keep: str | None = None, verify: bool | None = None,

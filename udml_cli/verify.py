@@ -67,15 +67,13 @@ def local_features(image) -> tuple[Local, Local]:
     a = np.asarray(grey)
     sift = cv2.SIFT_create(nfeatures=FEATURES, contrastThreshold=CONTRAST)
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
-
-    def one(img: np.ndarray) -> Local:
-        kp, desc = sift.detectAndCompute(clahe.apply(np.ascontiguousarray(img)), None)
-        if desc is None:
-            return Local(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), grey.size)
+    kp, desc = sift.detectAndCompute(clahe.apply(np.ascontiguousarray(a)), None)
+    if desc is None:
+        f = Local(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), grey.size)
+    else:
         pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
-        return Local(pts, np.clip(desc, 0, 255).astype(np.uint8), grey.size)
-
-    return (this := one(a)), mirrored(this)
+        f = Local(pts, np.clip(desc, 0, 255).astype(np.uint8), grey.size)
+    return f, mirrored(f)
 
 
 def mirrored(f: Local) -> Local:

@@ -281,9 +281,7 @@ def duplicates(
             "third image links to both ends)"
         )
     console.print(
-        f"{len(groups)} groups of near-duplicates (similarity ≥ {t}"
-        f"{', hashes' if found.hash_distance is not None else ''}"
-        f"{f', or {found.verified} pairs by local features' if found.verified else ''}), {dupes} of "
+        f"{len(groups)} groups of near-duplicates ({found.joined_by}), {dupes} of "
         f"{len(idx.files)} images"
     )
     for n, g in enumerate(out[:20], 1):
