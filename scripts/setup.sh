@@ -10,9 +10,10 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 # Real offline data: Fashion-MNIST (IDX files), the Noto colour emoji font, emoji-test.txt;
 # Chromium renders the HTML report in tests/test_report.py (headless); chromedriver lets
 # tests/test_serve_browser.py drive it (Selenium) through udml serve's page; mate-backgrounds'
-# photographs are what tests/test_verify.py edits and checks for copies.
+# photographs and ukui-wallpapers' renderings are what tests/test_verify.py edits and checks for
+# copies (and what benchmarks/copies.py is made of).
 apt_pkgs=(dataset-fashion-mnist fonts-noto-color-emoji unicode-data chromium chromium-driver
-          mate-backgrounds)
+          mate-backgrounds ukui-wallpapers)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -88,6 +88,36 @@ def test_edited_copies_are_confirmed_and_look_alikes_are_not():
     assert not verify.is_copy(*verify.verify(captioned, verify.local_features(other)))
 
 
+def test_a_smooth_picture_is_looked_at_again_and_counts_as_what_it_plainly_has(monkeypatch):
+    import cv2
+
+    path = Path("/usr/share/backgrounds/focal-ubuntukylin.png")  # scripts/setup.sh: ukui-wallpapers
+    assert path.is_file(), f"{path}: apt-get install ukui-wallpapers (scripts/setup.sh)"
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((640, 640))
+    left, right = halves(im)  # a smooth rendering: few keypoints at the ordinary settings
+    grey = left.convert("L")
+    grey.thumbnail((verify.SIDE, verify.SIDE))
+    clahe = cv2.createCLAHE(clipLimit=verify.CLIP, tileGridSize=(8, 8))
+    sift = cv2.SIFT_create(nfeatures=verify.FEATURES, contrastThreshold=verify.CONTRAST)
+    plain = len(sift.detect(clahe.apply(np.asarray(grey)), None))
+    feats = verify.local_features(left)
+    assert feats[0].plain == feats[1].plain == plain < verify.RICH < len(feats[0].points)
+    rich = verify.local_features(photo("LadyBird.jpg"))[0]
+    assert rich.plain == len(rich.points) >= verify.RICH  # a rich picture: looked at once
+    copy = verify.local_features(apply(left, "crop", "mild"))
+    assert verify.is_copy(*verify.verify(feats, copy))
+    assert not verify.is_copy(*verify.verify(feats, verify.local_features(right)))
+    # without the second look the same crop goes unconfirmed
+    monkeypatch.setattr(verify, "SMOOTH_CLIP", verify.CLIP)
+    monkeypatch.setattr(verify, "SMOOTH_CONTRAST", verify.CONTRAST)
+    once = verify.local_features(left)
+    assert len(once[0].points) == plain
+    assert not verify.is_copy(
+        *verify.verify(once, verify.local_features(apply(left, "crop", "mild")))
+    )
+
+
 def test_candidates_match_a_brute_force_search():
     from udml_cli.phash import BITS
 
