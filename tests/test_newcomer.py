@@ -49,6 +49,23 @@ def test_train_help_shows_flags_values_and_where_defaults_come_from():
     assert "Usage: udml embed [OPTIONS] FOLDER" in embed
 
 
+def test_help_prose_flows_at_80_columns_and_examples_keep_their_lines():
+    from udml_cli.cli.help import reflow
+
+    doc = "One line.\n\nA long sentence\nbroken in the source.\n- an item\n  going on\n\n\b\nudml a\nudml b"
+    assert reflow(doc) == (
+        "One line.\n\nA long sentence broken in the source.\n- an item going on\n\n\b\nudml a\nudml b"
+    )
+    text = run_udml("duplicates", "--help", env={"COLUMNS": "80"}).stdout.decode()
+    lines = [ln.strip() for ln in text.splitlines()]
+    prose = lines[lines.index(next(ln for ln in lines if ln.startswith("A pair joins"))) :]
+    prose = prose[: prose.index("")]
+    # Typer kept every source line break: at 80 columns a 96-column source line became a line
+    # and a stub ("calibrated when" / "the index was built, ...")
+    assert len(prose) >= 5 and all(len(ln) > 60 for ln in prose[:-1]), prose
+    assert lines.count("udml duplicates --index idx/photos") == 1  # the examples stay lines
+
+
 def test_start_here_in_root_help():
     text = run_udml("--help", env={"COLUMNS": "200"}).stdout.decode()
     start = text[text.index("Start here:") :].splitlines()[1:4]

@@ -73,11 +73,35 @@ def _plain_argument(param: typer.core.TyperArgument) -> None:
     param.display_type_rich = lambda ctx: ""
 
 
+def reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as lines the terminal wraps: Typer keeps every line break of a
+    docstring, so at fewer columns than it was written for each source line wrapped on its own
+    (a long line, then a stub). Paragraphs marked ``\\b`` (examples) and list items (``- ``) keep
+    their breaks."""
+    if not text:
+        return text
+    out = []
+    for para in text.split("\n\n"):
+        if para.lstrip().startswith("\b"):
+            out.append(para)
+            continue
+        lines: list[str] = []
+        for line in para.split("\n"):
+            item = line.strip()
+            if lines and not item.startswith(("- ", "* ", "• ")):
+                lines[-1] += " " + item
+            else:
+                lines.append(item)
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 class UdmlCommand(typer.core.TyperCommand):
     """A Typer command whose help follows the rules above."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.help = reflow(self.help)
         polish(self.params, config_defaults=self.name == "train")
 
     def get_params(self, ctx):  # the --help and completion options are added late
@@ -96,6 +120,7 @@ class UdmlGroup(typer.core.TyperGroup):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.help = reflow(self.help)
         polish(self.params, config_defaults=False)
 
     def get_params(self, ctx):  # the --help and completion options are added late
