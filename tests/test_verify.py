@@ -183,6 +183,32 @@ def test_duplicates_joins_a_strong_crop_only_when_verifying(cli, tmp_path):
     assert "1 more confirmed" in said
     doc = json.loads(cli("duplicates", "--index", idx, "--threshold", "0.99", "--json").out)
     assert doc["confirmed_by_local_features"] == 1 and doc["checked_by_local_features"] >= 1
+    assert doc["candidates_left_unchecked"] == 0
+    capped, said = groups("--verify-limit", "0")  # no candidate checked: the crop stays apart
+    assert capped == [] and "left unchecked (--verify-limit 0 allowed" in said
+
+
+def test_the_candidates_checked_are_the_most_similar_within_the_limit(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    seen = {}
+
+    def record(paths, rows, cols, progress=None):
+        seen["pairs"] = list(zip(rows.tolist(), cols.tolist(), strict=True))
+        return (np.zeros(len(rows), np.int32), np.zeros(len(rows), np.float32),
+                np.zeros(len(rows), np.int32))  # fmt: skip
+
+    monkeypatch.setattr(verify, "verify_pairs", record)
+    links = (np.array([0]), np.array([1]))
+    every = verify.check_links([Path("none")] * 40, x, None, *links, limit=10**6)
+    cands = seen["pairs"][1:]
+    assert every["unchecked"] == 0 and len(cands) > 12 and (0, 1) not in cands
+    got = verify.check_links([Path("none")] * 40, x, None, *links, limit=12)
+    sim = {(a, b): float(x[a] @ x[b]) for a, b in cands}
+    want = sorted(cands, key=lambda p: -sim[p])[:12]
+    assert seen["pairs"][0] == (0, 1) and set(seen["pairs"][1:]) == set(want)
+    assert got["unchecked"] == len(cands) - 12 and got["checked"] == 13
 
 
 def test_keypoints_overrule_the_embedding_on_two_halves_of_one_photograph(cli, tmp_path):

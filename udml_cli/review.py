@@ -73,6 +73,7 @@ class Found:
     checked: int = 0  # candidate pairs checked by local features
     verified: int = 0  # pairs only those checks joined
     overruled: int = 0  # pairs the embedding or hashes joined that those checks undid
+    unchecked: int = 0  # looser candidates beyond the limit, not checked
     unsupported: int = 0  # links left out: they alone would have joined two groups
 
     @property
@@ -85,13 +86,14 @@ class Found:
 
 def find_duplicates(index, threshold: float | None = None, hash_distance: int | None = None,
                     no_hash: bool = False, keep: str | None = None, verify: bool | None = None,
-                    progress=None) -> Found:  # fmt: skip
+                    progress=None, verify_limit: int | None = None) -> Found:  # fmt: skip
     """The near-duplicate groups of ``index`` (an ``index.Index``) as ``udml duplicates`` finds
     them: the embedding's pairs at ``threshold`` (default: the calibrated one, else 0.95)
     joined with the perceptual hashes' at ``hash_distance`` (default 6 when the index holds
     hashes; ``no_hash``: the embedding alone) and, with ``verify`` (default: when OpenCV is
-    installed), the looser candidates that local features confirm (``verify.py``); with each
-    group's links and, with a ``keep`` rule, the file it keeps."""
+    installed), the looser candidates that local features confirm (``verify.py``; at most
+    ``verify_limit``, default ``verify.CHECK_LIMIT``, the most similar first); with each group's
+    links and, with a ``keep`` rule, the file it keeps."""
     from udml_cli.index import duplicate_groups, duplicate_threshold, joined_pairs
     from udml_cli.index import hash_distance as distance_of
 
@@ -101,7 +103,7 @@ def find_duplicates(index, threshold: float | None = None, hash_distance: int | 
     found = Found([], t, why, d, joined)
     if verify is not False:
         pairs = _verified(index, pairs, None if no_hash else index.hashes, verify, found,
-                          progress)  # fmt: skip
+                          progress, verify_limit)  # fmt: skip
     pairs, found.unsupported = supported(pairs, len(index.vectors))
     found.groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
                           index.folder, keep)  # fmt: skip
@@ -129,7 +131,8 @@ def supported(pairs, n: int):
     return (r[keep], c[keep], s[keep]), int((~keep).sum())
 
 
-def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress):
+def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress,
+              limit: int | None = None):  # fmt: skip
     """``pairs`` and the candidate pairs local features confirm (``found`` says how many)."""
     import numpy as np
 
@@ -144,13 +147,20 @@ def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress):
                              "opencv-python-headless)")  # fmt: skip
         return pairs
     r, c, s = pairs
+    limit = verify.CHECK_LIMIT if limit is None else limit
     got = verify.check_links([index.folder / p for p in index.paths], index.vectors, hashes, r, c,
-                             progress)  # fmt: skip
+                             progress, limit)  # fmt: skip
     found.checked, found.verified = got["checked"], got["confirmed"]
-    found.overruled = got["overruled"]
+    found.overruled, found.unchecked = got["overruled"], got["unchecked"]
+    beyond = (
+        f"; {found.unchecked} less similar candidates left unchecked (--verify-limit {limit} "
+        "allowed: raise it to check them)"
+        if found.unchecked
+        else ""
+    )
     found.verify_from = (
         f"{found.checked} possible pairs checked by local features: {found.verified} more "
-        f"confirmed, {found.overruled} overruled (--no-verify skips it)"
+        f"confirmed, {found.overruled} overruled (--no-verify skips it){beyond}"
     )
     keep, vr, vc = got["keep"], got["rows"], got["cols"]
     r, c, s = r[keep], c[keep], s[keep]

@@ -227,6 +227,14 @@ def duplicates(
             "keypoints and none agree (default: on when OpenCV is installed).",
         ),
     ] = None,
+    verify_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Check at most this many looser candidate pairs, the most similar first (default "
+            "10000: a few minutes on 2 cores; the links are always checked).",
+        ),
+    ] = None,
     html_out: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -260,7 +268,8 @@ def duplicates(
         if path is not None:
             ensure_writable(path, what)
     with progress() as bar:
-        found = find_duplicates(idx, threshold, hash_distance, no_hash, keep, verify, bar)
+        found = find_duplicates(idx, threshold, hash_distance, no_hash, keep, verify, bar,
+                                verify_limit)  # fmt: skip
     groups, t = found.groups, found.threshold
     console.print(f"using {found.threshold_from}; {found.hashes_from}; {found.verify_from}")
     paths = idx.paths
@@ -321,4 +330,5 @@ def duplicates(
                    "hash_distance": found.hash_distance, "checked_by_local_features":
                    found.checked, "confirmed_by_local_features": found.verified,
                    "overruled_by_local_features": found.overruled,
+                   "candidates_left_unchecked": found.unchecked,
                    "links_left_out": found.unsupported, "groups": out})  # fmt: skip
