@@ -81,7 +81,7 @@ class Found:
         """What joins a pair, for a heading: ``similarity ≥ 0.95, hashes, or 12 pairs by …``."""
         hashes = ", hashes" if self.hash_distance is not None else ""
         local = f", or {self.verified} pairs by local features" if self.verified else ""
-        return f"similarity ≥ {self.threshold}{hashes}{local}"
+        return f"similarity ≥ {self.threshold:.4g}{hashes}{local}"
 
 
 def find_duplicates(index, threshold: float | None = None, hash_distance: int | None = None,
