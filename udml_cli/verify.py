@@ -46,8 +46,8 @@ NEIGHBOURS = 24  # … among each image's nearest others
 HASH_DISTANCE = 12  # and hashes at most this many bits apart
 CACHED = 4096  # images whose keypoints stay in memory (about 130 KB each)
 # looser candidates checked at most, the most similar first (the links are always checked). On 2
-# cores a picture's keypoints take ~50 ms and a match ~5 ms: the copy benchmark's 782 pictures
-# and 11,481 pairs ~2 min; at worst (every pair two new pictures) 10,000 pairs ~17 min
+# cores a picture's keypoints take ~55 ms and a match ~7 ms: the copy benchmark's 782 pictures
+# and 11,481 pairs ~2 min; at worst (every pair two new pictures) 10,000 pairs ~20 min
 CHECK_LIMIT = 10_000
 
 
