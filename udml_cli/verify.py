@@ -172,8 +172,9 @@ def verify(a: tuple[Local, Local], b: tuple[Local, Local]) -> tuple[int, float]:
     return max(match(a[0], b[0]), match(a[0], b[1]))
 
 
-def is_copy(inliers: int, coverage: float) -> bool:
-    return inliers >= MIN_INLIERS and coverage >= MIN_COVERAGE
+def is_copy(inliers, coverage):
+    """The copy rule on one pair's ``match`` (a bool) or on arrays of them (a mask)."""
+    return (inliers >= MIN_INLIERS) & (coverage >= MIN_COVERAGE)
 
 
 def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
@@ -210,8 +211,8 @@ def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
 def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress=None,
                  workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """``(inliers, coverage, keypoints)`` of each pair ``(paths[rows[i]], paths[cols[i]])``
-    (``keypoints``: the fewer of the two pictures', at the ordinary settings); keypoints are found once per image (at
-    most ``CACHED`` kept at a time) on a pool of threads."""
+    (``keypoints``: the fewer of the two pictures', at the ordinary settings); keypoints are
+    found once per image (at most ``CACHED`` kept at a time) on a pool of threads."""
     import os
 
     import cv2
@@ -270,7 +271,7 @@ def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | Non
         cr, cc = cr[first], cc[first]
     inliers, coverage, keypoints = verify_pairs(paths, np.concatenate([rows, cr]),
                                                 np.concatenate([cols, cc]), progress)  # fmt: skip
-    copy = (inliers >= MIN_INLIERS) & (coverage >= MIN_COVERAGE)
+    copy = is_copy(inliers, coverage)
     m = len(rows)
     keep = copy[:m] | (keypoints[:m] < RICH)
     ok = copy[m:]
