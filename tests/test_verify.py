@@ -186,6 +186,11 @@ def test_duplicates_joins_a_strong_crop_only_when_verifying(cli, tmp_path):
     assert doc["candidates_left_unchecked"] == 0
     capped, said = groups("--verify-limit", "0")  # no candidate checked: the crop stays apart
     assert capped == [] and "left unchecked (--verify-limit 0 allowed" in said
+    for ignored in (["--no-verify", "--verify-limit", "5"], ["--no-hash", "--hash-distance", "3"]):
+        r = cli("duplicates", "--index", idx, *ignored)  # one would be silently ignored
+        assert r.code == 2 and r.out == "" and "Traceback" not in r.err, r.err
+        assert f"{ignored[1]} has no effect with {ignored[0]}" in r.err
+        assert len(r.err.strip().splitlines()) == 1
 
 
 def test_the_candidates_checked_are_the_most_similar_within_the_limit(monkeypatch):
