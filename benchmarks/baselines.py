@@ -5,8 +5,9 @@ the whole map, and average-pooled over a 4x4 grid of regions: ``model.grid``; NM
 feature only: k-means with one cluster per class takes minutes).
 For each variant also the label-free score (udml_cli/selection.py, on the training images) and,
 across the variants, its rank correlation with R@1: can a user without labels pick the layer?
-    python benchmarks/baselines.py [--datasets emoji fashion-mnist]
-Writes results/baselines-<dataset>.json and .md.
+    python benchmarks/baselines.py [--datasets emoji fashion-mnist] [--image-size 128]
+Writes results/baselines-<dataset>.json and .md (baselines-<dataset>-<size>px.* with --image-size:
+the network's input then differs from the demo templates' 64 px; raw pixels are the same).
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
     ap.add_argument("--pixels", nargs="+", type=int, default=[16, 32])
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="the network's input side (default: the template's, 64 px)",
+    )
     args = ap.parse_args()
     for dataset in args.datasets:
-        run_dataset(dataset, args.pixels)
+        run_dataset(dataset, args.pixels, args.image_size)
 
 
-def run_dataset(dataset: str, pixels: list[int]) -> None:
+def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) -> None:
     import numpy as np
 
     from udml_cli.config import load_config
@@ -53,8 +60,12 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
     from udml_cli.models.net import build_model
     from udml_cli.selection import copy_embeddings, copy_scores
 
-    res = Results(f"baselines-{dataset}")
-    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], [f"data.dataset={dataset}"])
+    stem = f"baselines-{dataset}" + (f"-{image_size}px" if image_size else "")
+    res = Results(stem)
+    sets = [f"data.dataset={dataset}"]
+    if image_size:  # the templates resize to 9/8 of the crop side
+        sets += [f"data.image_size={image_size}", f"data.resize={image_size * 9 // 8}"]
+    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
     ref = resolve_dataset(cfg.data.dataset)
     engine = resolve_engine(cfg.engine)
     test = read_split(ref, "test")
@@ -123,7 +134,7 @@ def run_dataset(dataset: str, pixels: list[int]) -> None:
     lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
                  f"{rho:.2f}; the label-free pick: {best_free['variant']} "
                  f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip
-    (RESULTS / f"baselines-{dataset}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
