@@ -6,7 +6,8 @@ table (quality-<dataset>.md) per dataset, with mean ± spread (min–max over se
 wall-clock of each run (training + scoring).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
         [--modes UDML UDML-SS STML INV INV+UDML]
-INV is the invariance method alone, INV+UDML with the UDML-SS Weight loss on pseudo-classes
+`--set 'model.layers=["auto"]'` (the `photos` template's) starts from the stage the label-free
+score picks on the training images, as each run does. INV is the invariance method alone, INV+UDML with the UDML-SS Weight loss on pseudo-classes
 (both on the UDML-SS demo template's start, steps and learning rate).
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
@@ -126,6 +127,11 @@ def main() -> None:
                            [*dataset_sets(dataset, "start"), *args.sets])  # fmt: skip
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
+        if base.model.layers == ["auto"]:  # the start is the stage each run will pick itself
+            from udml_cli.data.layout import read_split
+            from udml_cli.selection import choose_layers
+
+            choose_layers(base, read_split(ref, "train"), engine)
         start = build_model(base.model, head=False)
         subgroups = dataset == "emoji"
         start_metrics = score(start, base, ref, engine, time.perf_counter(), subgroups)
