@@ -7,8 +7,9 @@ wall-clock of each run (training + scoring).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
         [--modes UDML UDML-SS STML INV INV+UDML]
 `--set 'model.layers=["auto"]'` (the `photos` template's) starts from the stage the label-free
-score picks on the training images, as each run does. INV is the invariance method alone, INV+UDML with the UDML-SS Weight loss on pseudo-classes
-(both on the UDML-SS demo template's start, steps and learning rate).
+score picks on the training images, as each run does. INV is the invariance method alone,
+INV+UDML with the UDML-SS Weight loss on pseudo-classes (both on the UDML-SS demo template's
+start, steps and learning rate).
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
 --out data/fashion-mnist --limit 6000`.

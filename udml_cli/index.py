@@ -384,6 +384,11 @@ def hash_distance(idx: Index, given: int | None, off: bool) -> tuple[int | None,
     from udml_cli.phash import DEFAULT_DISTANCE
 
     if off:
+        if given is not None:
+            raise UsageError(
+                "--hash-distance has no effect with --no-hash, which turns that step off: drop "
+                "one of the two"
+            )
         return None, "the embedding alone (--no-hash)"
     if idx.hashes is None:
         if given is not None:

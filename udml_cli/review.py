@@ -97,7 +97,11 @@ def find_duplicates(index, threshold: float | None = None, hash_distance: int | 
     from udml_cli.index import duplicate_groups, duplicate_threshold, joined_pairs
     from udml_cli.index import hash_distance as distance_of
 
-    _no_ignored_option(hash_distance, no_hash, verify_limit, verify)
+    if verify is False and verify_limit is not None:
+        from udml_cli.errors import UsageError
+
+        raise UsageError("--verify-limit has no effect with --no-verify, which turns that step "
+                         "off: drop one of the two")  # fmt: skip
     t, why = duplicate_threshold(index, threshold)
     d, joined = distance_of(index, hash_distance, no_hash)
     pairs = joined_pairs(index.vectors, t, index.stored_faiss(), index.hashes, d)
@@ -109,18 +113,6 @@ def find_duplicates(index, threshold: float | None = None, hash_distance: int | 
     found.groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
                           index.folder, keep)  # fmt: skip
     return found
-
-
-def _no_ignored_option(hash_distance, no_hash: bool, verify_limit, verify) -> None:
-    """A setting the other option turns off would be silently ignored: say so instead."""
-    from udml_cli.errors import UsageError
-
-    for given, name, off, switch in ((hash_distance, "--hash-distance", no_hash, "--no-hash"),
-                                     (verify_limit, "--verify-limit", verify is False,
-                                      "--no-verify")):  # fmt: skip
-        if given is not None and off:
-            raise UsageError(f"{name} has no effect with {switch}, which turns that step off: "
-                             "drop one of the two")  # fmt: skip
 
 
 def supported(pairs, n: int):
