@@ -27,6 +27,9 @@ TINY = [
     "--set", "loss.rot_batch=4", "--set", "train.log_every=1", "--set", "engine.workers=0",
     "--set", "train.save_step=2", "--set", "train.lr=1e-3", "--set", "train.head_lr=1e-3",
     "--set", "train.up_step=2",
+    # one thread, not "auto": auto takes fewer threads while another process is busy (the
+    # suite runs in two workers), and a run and its resumed twin must do the same sums
+    "--set", "engine.threads=1",
 ]  # fmt: skip
 
 
