@@ -349,6 +349,8 @@ def test_interrupted_embed_leaves_no_partial_file(layout, run, tmp_path):
     proc = udml("embed", layout / "test" / "c06", "--checkpoint", run / "last.pt", "-o", target,
                 patch=patch)  # fmt: skip
     assert proc.returncode == 130 and b"Traceback" not in proc.stderr
+    said = [ln for ln in proc.stderr.decode().splitlines() if "interrupted" in ln]
+    assert said == ["interrupted: stopped; nothing half-written was kept"], proc.stderr
     assert list(target.parent.iterdir()) == []
 
 

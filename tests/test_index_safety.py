@@ -62,6 +62,8 @@ def test_ctrl_c_while_saving_leaves_the_old_index_whole(idx, big, where):
     )
     proc = udml("index", big, "-o", idx, *MODEL, "--yes", patch=patch)
     assert proc.returncode == 130, proc.stderr.decode()
+    # one line says so (Typer itself would exit 130 without a word)
+    assert proc.stderr.decode().count("interrupted: stopped") == 1, proc.stderr.decode()
     assert snapshot(idx) == before  # not one byte changed, no new generation left behind
     no_partials(idx)
     assert _meta(idx)["count"] == 8

@@ -34,6 +34,7 @@ class _App(UdmlTyper):
     code, never a traceback (``UDML_DEBUG=1`` shows the traceback of unexpected ones)."""
 
     def __call__(self, *args, **kwargs):
+        launch.interrupt_said(forget=True)  # tests run several commands in one process
         try:
             return super().__call__(*args, **kwargs)
         except UdmlError as e:
@@ -42,7 +43,13 @@ class _App(UdmlTyper):
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             say("interrupted", "yellow", "")
+            launch.mark_interrupt_said()
             sys.exit(130)
+        except SystemExit as e:  # Typer turns Ctrl-C into exit 130, silently: one line here
+            if e.code == 130 and not launch.interrupt_said():
+                say("interrupted:", "yellow", "stopped; nothing half-written was kept")
+                launch.mark_interrupt_said()
+            raise
         except OSError as e:  # disk full, permissions, a directory where a file goes …
             say("error:", "bold red", describe_os_error(e))
             sys.exit(1)

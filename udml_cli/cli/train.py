@@ -121,6 +121,7 @@ def train(
             say("interrupted:", "yellow", f"saved {out / 'last.pt'}; continue with --resume")
         else:
             say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
+        launch.mark_interrupt_said()
         raise typer.Exit(130) from None
     if rank == 0:
         print_summary(run_summary(out), last, time.perf_counter() - started)
