@@ -74,8 +74,8 @@ class Results:
         return rec
 
     def write(self) -> Path:
-        RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{self.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: explore/x
         path.write_text(json.dumps(self.records, indent=2) + "\n")
         print(f"wrote {path}", file=sys.stderr)
         return path
