@@ -154,7 +154,7 @@ def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress,
     r, c, s = pairs
     limit = verify.CHECK_LIMIT if limit is None else limit
     got = verify.check_links([index.folder / p for p in index.paths], index.vectors, hashes, r, c,
-                             progress, limit)  # fmt: skip
+                             progress, limit=limit)  # fmt: skip
     found.checked, found.verified = got["checked"], got["confirmed"]
     found.overruled, found.unchecked = got["overruled"], got["unchecked"]
     beyond = (

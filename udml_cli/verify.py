@@ -253,10 +253,11 @@ def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress
 
 
 def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | None,
-                rows: np.ndarray, cols: np.ndarray, progress=None,
-                limit: int = CHECK_LIMIT) -> dict:  # fmt: skip
+                rows: np.ndarray, cols: np.ndarray, progress=None, *,
+                limit: int) -> dict:  # fmt: skip
     """Local features on the links ``(rows, cols)`` the embedding and hashes made and on the
-    looser ``candidate_pairs`` (at most ``limit``, the most similar first): ``{"keep": mask
+    looser ``candidate_pairs`` (at most ``limit``, the most similar first; the default,
+    ``CHECK_LIMIT``, is resolved by the caller, ``review``): ``{"keep": mask
     over the links (False: overruled), "rows", "cols": candidates confirmed, "checked",
     "confirmed", "overruled", "unchecked": candidates beyond the limit}``."""
     n = len(vectors)
