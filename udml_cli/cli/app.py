@@ -21,7 +21,7 @@ from udml_cli.cli import (
     serve,
     train,
 )
-from udml_cli.cli.common import DataOut, say
+from udml_cli.cli.common import DataOut, SaidInterrupted, say
 from udml_cli.cli.help import UdmlTyper
 from udml_cli.cli.session import SESSION
 from udml_cli.errors import UdmlError, describe_os_error
@@ -34,7 +34,6 @@ class _App(UdmlTyper):
     code, never a traceback (``UDML_DEBUG=1`` shows the traceback of unexpected ones)."""
 
     def __call__(self, *args, **kwargs):
-        launch.interrupt_said(forget=True)  # tests run several commands in one process
         try:
             return super().__call__(*args, **kwargs)
         except UdmlError as e:
@@ -46,7 +45,7 @@ class _App(UdmlTyper):
             launch.mark_interrupt_said()
             sys.exit(130)
         except SystemExit as e:  # Typer turns Ctrl-C into exit 130, silently: one line here
-            if e.code == 130 and not launch.interrupt_said():
+            if e.code == 130 and not isinstance(e, SaidInterrupted):
                 say("interrupted:", "yellow", "stopped; nothing half-written was kept")
                 launch.mark_interrupt_said()
             raise

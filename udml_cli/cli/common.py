@@ -101,6 +101,14 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
+class SaidInterrupted(SystemExit):
+    """Exit 130 after the command has said how Ctrl-C left its work (``app``'s boundary adds
+    no line of its own; it passes through Typer unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__(130)
+
+
 def say(label: str, style: str, message: str) -> None:
     """``label: message`` on stderr, on one line, the label styled (rank 0's only, under
     torchrun: the other processes' lines would repeat it)."""

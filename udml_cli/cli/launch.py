@@ -37,27 +37,14 @@ def record_error(message: str) -> bool:
     return True
 
 
-_interrupt_said = False
-
-
 def mark_interrupt_said() -> None:
-    """This process has said how Ctrl-C left its work (the boundary in ``app`` then adds no
-    line); rank 0 of a launched run also leaves a mark, so that the launcher stays quiet."""
-    global _interrupt_said
+    """Rank 0 of a launched run has said how Ctrl-C left its work: the launcher stays quiet."""
     from udml_cli.cli.session import SESSION
 
-    _interrupt_said = True
     folder = SESSION.errors_dir
     if folder is not None and os.environ.get("RANK") == "0":
         with contextlib.suppress(OSError):
             (folder / "interrupted").touch()
-
-
-def interrupt_said(forget: bool = False) -> bool:
-    """Whether ``mark_interrupt_said`` was called (``forget``: and start again: a new command)."""
-    global _interrupt_said
-    said, _interrupt_said = _interrupt_said, _interrupt_said and not forget
-    return said
 
 
 def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
@@ -90,12 +77,11 @@ def launch(nproc: int, args: list[str], out: Path | None = None) -> None:
             with SESSION.handing_errors_to(errors), _real_stdout():
                 elastic_launch(config, sys.executable)("-m", "udml_cli", *args)
         except SignalException:  # Ctrl-C: every process got it too; rank 0 saved and said so,
-            if not (Path(errors) / "interrupted").exists():  # unless it was still starting
-                from udml_cli.cli.common import say
+            from udml_cli.cli.common import SaidInterrupted, say
 
+            if not (Path(errors) / "interrupted").exists():  # unless it was still starting
                 say("interrupted", "yellow", "(the processes were still starting)")
-            mark_interrupt_said()
-            sys.exit(130)
+            raise SaidInterrupted from None
         except ChildFailedError as e:
             said = {int(p.stem[5:]): p.read_text() for p in Path(errors).glob("rank-*.txt")}
             last = out / "last.pt" if out is not None else None

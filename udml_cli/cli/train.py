@@ -14,6 +14,7 @@ from udml_cli.cli.common import (
     DatasetOpt,
     DeviceOpt,
     ImageSizeOpt,
+    SaidInterrupted,
     SetOpt,
     StrictOpt,
     WeightsOpt,
@@ -122,7 +123,7 @@ def train(
         else:
             say("interrupted:", "yellow", "before the first checkpoint; nothing was kept")
         launch.mark_interrupt_said()
-        raise typer.Exit(130) from None
+        raise SaidInterrupted from None
     if rank == 0:
         print_summary(run_summary(out), last, time.perf_counter() - started)
 
