@@ -31,6 +31,20 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def table_lines(rows: list[dict]) -> list[str]:
+    """The markdown table of descriptor variants (an empty cell where a score was not taken)."""
+    lines = [
+        "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        free = "" if r["label_free"] is None else f"{r['label_free']:.2f}"
+        nmi = "" if r["NMI"] is None else f"{r['NMI']:.2f}"
+        lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {nmi} | "
+                     f"{r['MAP@R']:.2f} | {free} |")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
@@ -122,15 +136,7 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
     res.add("layer picked by the label-free score", best_free["variant"], best_free["R@1"],
             best["R@1"], higher_is_better=True, unit="%")  # fmt: skip
     res.write()
-    lines = [
-        "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        free = "" if r["label_free"] is None else f"{r['label_free']:.2f}"
-        nmi = "" if r["NMI"] is None else f"{r['NMI']:.2f}"
-        lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {nmi} | "
-                     f"{r['MAP@R']:.2f} | {free} |")  # fmt: skip
+    lines = table_lines(rows)
     lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
                  f"{rho:.2f}; the label-free pick: {best_free['variant']} "
                  f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import ROOT, TEMPLATES, spearman
+from baselines import ROOT, TEMPLATES, spearman, table_lines
 from common import RESULTS, Results
 
 
@@ -39,6 +39,14 @@ def _unit(v):
     import numpy as np
 
     return v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+
+
+def _joined(a, part: dict, pair: tuple[str, ...]):
+    """What ``model.layers = [*pair]`` gives: each stage's columns L2-normalised, concatenated,
+    normalised again."""
+    import numpy as np
+
+    return _unit(np.concatenate([_unit(a[:, part[n]]) for n in pair], 1))
 
 
 def run_dataset(dataset: str, nmi_top: int, grids: list[int]) -> None:
@@ -75,10 +83,8 @@ def run_dataset(dataset: str, nmi_top: int, grids: list[int]) -> None:
         pooled = f"avg{', 4x4 grid' if grid > 1 else ''}"
         found = []
         for pair in [(n,) for n in names_g] + list(itertools.combinations(names_g, 2)):
-            join = [_unit(x[:, part[n]]) for n in pair]
-            v = _unit(np.concatenate(join, 1))
-            free = copy_scores(*(_unit(np.concatenate([_unit(a[:, part[n]]) for n in pair], 1))
-                                 for a in (ox, cx)))  # fmt: skip
+            v = _joined(x, part, pair)
+            free = copy_scores(_joined(ox, part, pair), _joined(cx, part, pair))
             m = evaluate_embeddings(v, labels, [1], False, cfg.cluster.seed)
             found.append({"variant": " + ".join(pair) + f" ({pooled})", "stages": len(pair),
                           "R@1": 100 * m["recall_at"]["1"], "MAP@R": 100 * m["map_at_r"],
@@ -109,14 +115,7 @@ def run_dataset(dataset: str, nmi_top: int, grids: list[int]) -> None:
                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
     res.write()
     shown = sorted(rows, key=lambda r: -r["R@1"])
-    lines = [
-        "| variant | dim | R@1 | NMI | MAP@R | label-free score |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in shown[:15] + [r for r in shown[15:] if r["NMI"] is not None]:
-        nmi = "" if r["NMI"] is None else f"{r['NMI']:.2f}"
-        lines.append(f"| {r['variant']} | {r['dim']} | {r['R@1']:.2f} | {nmi} | "
-                     f"{r['MAP@R']:.2f} | {r['label_free']:.2f} |")  # fmt: skip
+    lines = table_lines(shown[:15] + [r for r in shown[15:] if r["NMI"] is not None])
     lines.append(f"\n{len(rows)} variants; Spearman ρ (label-free score vs R@1) {rho:.2f}; "
                  f"the label-free pick: {pick['variant']} (R@1 {pick['R@1']:.2f}); best single "
                  f"{best1['variant']} {best1['R@1']:.2f}; best pair {best2['variant']} "
