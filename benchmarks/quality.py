@@ -9,7 +9,8 @@ wall-clock of each run (training + scoring).
 `--set 'model.layers=["auto"]'` (the `photos` template's) starts from the stage the label-free
 score picks on the training images, as each run does. INV is the invariance method alone,
 INV+UDML with the UDML-SS Weight loss on pseudo-classes (both on the UDML-SS demo template's
-start, steps and learning rate).
+start, steps and learning rate). `--template photos` runs that template as shipped instead (its
+own start, k and steps; only the data named), for the start and every mode but STML.
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
 --out data/fashion-mnist --limit 6000`.
@@ -46,11 +47,18 @@ MODES = {
 }
 
 
+SHIPPED: str | None = None  # --template: one template as shipped, for the start and each mode
+
+
 def template(dataset: str, mode: str) -> Path:
+    if SHIPPED and mode != "STML":
+        return ROOT / "templates" / f"{SHIPPED}.toml"
     return ROOT / "templates" / (STML_TEMPLATES if mode == "STML" else TEMPLATES)[dataset]
 
 
 def dataset_sets(dataset: str, mode: str) -> list[str]:
+    if SHIPPED and mode != "STML":  # as shipped: only the data named (k etc. its own)
+        return [f"data.dataset={dataset}"]
     sets = list(DATASET_SETS.get(dataset, []))
     if mode == "STML":  # no [cluster] section in STML's config
         sets = [x for x in sets if not x.startswith("cluster.")]
@@ -113,7 +121,11 @@ def main() -> None:
     ap.add_argument(
         "--name", default="quality", help="results file prefix (explore/NAME for probes)"
     )
+    ap.add_argument("--template", help="a template as shipped (e.g. photos) instead of each "
+                    "set's demo template, for the start and every mode but STML")  # fmt: skip
     args = ap.parse_args()
+    global SHIPPED
+    SHIPPED = args.template
 
     import udml_cli as udml
     from udml_cli.config import load_config
@@ -124,7 +136,7 @@ def main() -> None:
     for dataset in args.datasets:
         res = Results(f"{args.name}-{dataset}")
         table: dict[tuple, list[dict]] = {}
-        base = load_config(ROOT / "templates" / TEMPLATES[dataset],
+        base = load_config(template(dataset, "start"),
                            [*dataset_sets(dataset, "start"), *args.sets])  # fmt: skip
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)

@@ -121,3 +121,33 @@ def test_a_grid_pools_each_region_as_by_hand():
     with torch.no_grad():
         expected = F.normalize(by_hand.pow(1 / 3).flatten(1), dim=1)
         torch.testing.assert_close(gem.features(x), expected)
+
+
+def test_a_pyramid_is_the_whole_map_and_the_grid_side_by_side():
+    """model.grid = [1, 2]: each stage pooled over the whole map and over the 2x2 grid, each part
+    L2-normalised on its own, in that order (by hand from the stage's map); an int grid's
+    parameters keep their names, so its checkpoints still load."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    plain = _tiny()
+    conv1 = plain.backbone.body[:3]((x - plain.mean) / plain.std)  # (2, 8, 8, 8)
+    whole = F.normalize(conv1.mean((2, 3)), dim=1)
+    regions = F.normalize(conv1.unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2)).flatten(1), dim=1)
+    model = _tiny(layers=["conv1"], grid=[1, 2])
+    assert model.feat_dim == 8 + 8 * 4
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), torch.cat([whole, regions], 1))
+    gem = _tiny(layers=["conv1", "last"], grid=[1, 2], pool="gem")
+    assert sorted(k for k in gem.state_dict() if "pools" in k) == [
+        "backbone.pools.0.p", "backbone.pools.1.p"]  # fmt: skip
+    one = _tiny(layers=["conv1"], grid=2, pool="gem")
+    assert [k for k in one.state_dict() if "pools" in k] == ["backbone.pools.0.p"]
+
+
+def test_a_grid_named_twice_or_out_of_range_is_one_line(cli, tmp_path):
+    for value, says in (("[1, 1]", "names a grid twice"), ("[1, 9]", "model.grid.1: Input "
+                        "should be less than or equal to 8"), ("[]", "at least 1 item")):  # fmt: skip
+        r = cli("train", "--dataset", tmp_path, "--set", f"model.grid={value}", "--out",
+                tmp_path / "run")  # fmt: skip
+        assert r.code == 2 and says in r.err and "Traceback" not in r.err, r.err
+        assert len(r.err.strip().splitlines()) == 1

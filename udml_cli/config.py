@@ -51,6 +51,9 @@ class DataConfig(_Section):
         return self
 
 
+_Grid = Annotated[int, Field(ge=1, le=8)]  # regions a side (1: the whole map)
+
+
 class ModelConfig(_Section):
     backbone: str = Field("googlenet", description="backbone name (see `udml eval --help`)")
     weights: str = Field("imagenet", description="'imagenet', 'none' or a local .pth path")
@@ -86,10 +89,12 @@ class ModelConfig(_Section):
         "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them); ['auto']: udml "
         "train picks the stage with the highest label-free score on the training images",
     )
-    grid: int = Field(
-        1, ge=1, le=8,
+    grid: _Grid | Annotated[list[_Grid], Field(min_length=1, max_length=4)] = Field(
+        1,
         description="pool each stage of model.layers over a grid x grid of regions (layout "
-        "counts, as in raw pixels; 'last' stays global); 1: the whole map",
+        "counts, as in raw pixels; 'last' stays global); 1: the whole map; a list pools each "
+        "stage at each of those grids, each part L2-normalised (a pyramid: [1, 4] = the whole "
+        "map and a 4x4 grid)",
     )  # fmt: skip
     head_init: Literal["random", "pca", "identity", "orthogonal"] = Field(
         "random",
@@ -102,6 +107,8 @@ class ModelConfig(_Section):
     def _layers_once(self) -> ModelConfig:
         if "auto" in self.layers and self.layers != ["auto"]:
             raise ValueError("model.layers: 'auto' stands alone (udml train picks one stage)")
+        if isinstance(self.grid, list) and len(set(self.grid)) < len(self.grid):
+            raise ValueError(f"model.grid {self.grid} names a grid twice; name each once")
         twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
         if twice:
             raise ValueError(f"model.layers names {twice[0]!r} twice; name each stage once")
@@ -363,7 +370,15 @@ def _parse_value(raw: str) -> Any:
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
+
+    def wrong_branch(e) -> bool:  # a union's branch the value's type cannot be at all
+        return len(e["loc"]) == 3 and e["type"] in ("int_type", "literal_error", "list_type")
+
+    if wrong_branch(first):  # (an int or a list, a number or "auto"): the branch it matched
+        same = [e for e in errors[1:] if e["loc"][:2] == first["loc"][:2] and not wrong_branch(e)]
+        first = same[0] if same else first
     # section.key, then list indexes; pydantic's union-branch tags (constrained-int …) dropped
     loc = first["loc"]
     key = ".".join([str(p) for p in loc[:2]] + [str(p) for p in loc[2:] if isinstance(p, int)])

@@ -6,7 +6,9 @@ et al., TPAMI 2018). ``layers`` names the stages to pool (``Backbone.stages``: `
 ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature): each is pooled,
 L2-normalised, and the parts are concatenated, so every stage counts alike whatever its scale.
 ``grid = g`` pools each named stage over a g×g grid of regions instead of the whole map (C·g²
-values: where things are in the picture counts, as in raw pixels; ``last`` stays global).
+values: where things are in the picture counts, as in raw pixels; ``last`` stays global);
+``grid = [1, 4]`` pools each stage both ways, each part L2-normalised (a spatial pyramid: the
+layout counts, and a picture whose subject moved still matches on the whole-map part).
 The head then starts on that descriptor (``identity``/``pca`` start exactly at its metric).
 """
 
@@ -58,10 +60,12 @@ class Descriptor(nn.Module):
     L2-normalised, concatenated."""
 
     def __init__(self, body: nn.Module, paths: list[str], pool: str, last: bool,
-                 grid: int = 1) -> None:  # fmt: skip
+                 grid: int | list[int] = 1) -> None:  # fmt: skip
         super().__init__()
-        self.body, self.paths, self.last, self.grid = body, list(paths), last, grid
-        self.pools = nn.ModuleList(_pool(pool, grid) for _ in self.paths)
+        self.body, self.paths, self.last = body, list(paths), last
+        self.grids = [grid] if isinstance(grid, int) else list(grid)
+        # stage-major: stage 0 at each grid, then stage 1 … (one grid: one pool per stage)
+        self.pools = nn.ModuleList(_pool(pool, g) for _ in self.paths for g in self.grids)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps: dict[int, torch.Tensor] = {}
@@ -84,7 +88,8 @@ class Descriptor(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        parts = [F.normalize(pool(maps[i]).flatten(1).float(), dim=1)
+        per = len(self.grids)
+        parts = [F.normalize(pool(maps[i // per]).flatten(1).float(), dim=1)
                  for i, pool in enumerate(self.pools)]  # fmt: skip
         if self.last:
             parts.append(F.normalize(final.float(), dim=1))
@@ -92,7 +97,8 @@ class Descriptor(nn.Module):
 
     @torch.no_grad()
     def part_sizes(self, size: int = 64) -> list[int]:
-        """The width of each part of the output (the stages in order, then ``last``)."""
+        """The width of each stage's part of the output (the stages in order, then ``last``;
+        a stage pooled at several grids: their parts together)."""
         was, channels = self.training, {}
         self.eval()
         handles = [self.body.get_submodule(p).register_forward_hook(
@@ -104,11 +110,12 @@ class Descriptor(nn.Module):
             for h in handles:
                 h.remove()
             self.train(was)
-        sizes = [channels[i] * self.grid**2 for i in range(len(self.paths))]
+        cells = sum(g * g for g in self.grids)
+        sizes = [channels[i] * cells for i in range(len(self.paths))]
         return sizes + ([total - sum(sizes)] if self.last else [])
 
 
-def describe(backbone, pool: str, layers: list[str], name: str, grid: int = 1):
+def describe(backbone, pool: str, layers: list[str], name: str, grid: int | list[int] = 1):
     """``backbone`` (``backbones.Backbone``) with the descriptor ``pool``/``layers``/``grid`` ask
     for; the plain backbone when they ask for its final average-pooled feature."""
     from dataclasses import replace
