@@ -1,7 +1,8 @@
 """Baselines a user computes in a minute, against the pretrained start, on each set's held-out
 classes: raw pixels (the image squashed to S×S, flattened, L2-normalised; also mean-centred),
 the start's final pooled feature, and every stage of the start alone (average- and GeM-pooled over
-the whole map, and average-pooled over a 4x4 grid of regions: ``model.grid``; NMI for the final
+the whole map, average-pooled over a 4x4 grid of regions (``model.grid``), and both side by side
+(``model.grid = [1, 4]``, the photos template's pyramid); NMI for the final
 feature only: k-means with one cluster per class takes minutes).
 For each variant also the label-free score (udml_cli/selection.py, on the training images) and,
 across the variants, its rank correlation with R@1: can a user without labels pick the layer?
@@ -22,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
+# how each model.grid reads in a variant's name
+GRIDS = {"1": "", "4": ", 4x4 grid", "[1, 4]": ", pyramid: whole map + 4x4 grid"}
 TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml", "icons": "demo.toml"}
 
 
@@ -105,7 +108,7 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
         score(f"raw pixels {s}x{s}", x, seconds=time.perf_counter() - t0)
         score(f"raw pixels {s}x{s}, centred", x - x.mean(0))
     stages = list(create_backbone(cfg.model.backbone, "none", quiet=True).stages)
-    for pool, grid in (("avg", 1), ("gem", 1), ("avg", 4)):
+    for pool, grid in (("avg", 1), ("gem", 1), ("avg", 4), ("avg", [1, 4])):
         t0 = time.perf_counter()
         update = {"layers": [*stages, "last"], "pool": pool, "grid": grid}
         mcfg = cfg.model.model_copy(update=update)
@@ -120,12 +123,21 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
             free = copy_scores(*(v[:, part] / np.linalg.norm(v[:, part], axis=1,
                                keepdims=True).clip(1e-12) for v in (ox, cx)))  # fmt: skip
             # NMI (k-means with one cluster per class) for the final feature only: minutes each
-            if grid > 1 and name == "last":
+            if grid != 1 and name == "last":
                 continue  # stays global: the (avg) row
-            variant = f"start {name} ({pool}{f', {grid}x{grid} grid' if grid > 1 else ''})"
+            variant = f"start {name} ({pool}{GRIDS[str(grid)]})"
             score(variant, x[:, part], free, seconds, name == "last")
     start = [r for r in rows if r["label_free"] is not None]
     rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
+    families = {}  # each pooling alone, and global with pyramid (what the photos template ranks)
+    for label, keep in (("global", lambda v: "grid" not in v and "pyramid" not in v),
+                        ("4x4 grid", lambda v: "4x4 grid" in v),
+                        ("pyramid", lambda v: "pyramid" in v),
+                        ("global + pyramid", lambda v: "grid" not in v)):  # fmt: skip
+        sub = [r for r in start if keep(r["variant"])]
+        pick = max(sub, key=lambda r: r["label_free"])
+        families[label] = (spearman([r["label_free"] for r in sub], [r["R@1"] for r in sub]),
+                           pick, max(sub, key=lambda r: r["R@1"]), len(sub))  # fmt: skip
     best_free = max(start, key=lambda r: r["label_free"])
     best = max(start, key=lambda r: r["R@1"])
     for r in rows:
@@ -133,6 +145,10 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
         res.add(r["variant"], "R@1", r["R@1"], base, higher_is_better=True, unit="%")
         res.records[-1].update({k: r[k] for k in ("NMI", "MAP@R", "dim", "label_free")})
     res.add("label-free vs R@1 over the start's layers", "spearman", rho)
+    for label, (r, pick, top, _) in families.items():
+        res.add(f"label-free vs R@1, {label}", "spearman", r)
+        res.add(f"label-free pick, {label}", pick["variant"], pick["R@1"], top["R@1"],
+                higher_is_better=True, unit="%")  # fmt: skip
     res.add("layer picked by the label-free score", best_free["variant"], best_free["R@1"],
             best["R@1"], higher_is_better=True, unit="%")  # fmt: skip
     res.write()
@@ -140,6 +156,10 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
     lines.append(f"\nSpearman ρ (label-free score vs R@1, {len(start)} start variants): "
                  f"{rho:.2f}; the label-free pick: {best_free['variant']} "
                  f"(R@1 {best_free['R@1']:.2f}; best {best['variant']} {best['R@1']:.2f})")  # fmt: skip
+    for label, (r, pick, top, n) in families.items():
+        lines.append(f"- {label} ({n} variants): ρ {r:.2f}; "
+                     f"pick {pick['variant']} {pick['R@1']:.2f}; best {top['variant']} "
+                     f"{top['R@1']:.2f}")  # fmt: skip
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
