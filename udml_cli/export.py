@@ -73,8 +73,8 @@ def export(model, cfg, out: Path, fmt: str, source: str) -> dict[str, str]:
                     dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
                 )  # fmt: skip
             except torch.onnx.errors.OnnxExporterError as e:
-                # e.g. model.grid > 1: adaptive pooling to a grid over a map whose size the
-                # exporter cannot see (EfficientNet-Lite pads by the input's shape)
+                # an operator the exporter lacks (model.grid's regions are matrix products
+                # for this reason: descriptor.regions)
                 why = str(e).split("[Caused by")[0].strip().splitlines()[0][:160]
                 raise UsageError(
                     f"this network does not export to ONNX ({why}); --format torchscript does"

@@ -32,13 +32,39 @@ class GeM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.float()
         x = x.float().clamp(min=self.eps).pow(p)
-        pooled = x.mean((2, 3), keepdim=True) if self.grid == 1 else \
-            F.adaptive_avg_pool2d(x, self.grid)  # fmt: skip
+        pooled = x.mean((2, 3), keepdim=True) if self.grid == 1 else regions(x, self.grid)
         return pooled.pow(1.0 / p)
 
 
+def _bins(n: int, g: int, like: torch.Tensor) -> torch.Tensor:
+    """``(g, n)``: row i averages positions floor(i·n/g) … ceil((i+1)·n/g) − 1, the bins
+    ``adaptive_avg_pool2d`` uses."""
+    m = torch.zeros(g, n, dtype=like.dtype, device=like.device)
+    for i in range(g):
+        lo, hi = (i * n) // g, -((-(i + 1) * n) // g)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def regions(x: torch.Tensor, g: int) -> torch.Tensor:
+    """The mean of each of a g×g grid of regions of ``x`` (N, C, H, W) → (N, C, g, g), as
+    ``adaptive_avg_pool2d(x, g)`` — but as two matrix products over the map's sizes, so the ONNX
+    exporter (which cannot see the size an adaptive pooling starts from) takes it too."""
+    h, w = int(x.shape[2]), int(x.shape[3])
+    return torch.einsum("nchw,ih,jw->ncij", x, _bins(h, g, x), _bins(w, g, x))
+
+
+class _Regions(nn.Module):
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True) if self.grid == 1 else regions(x, self.grid)
+
+
 def _pool(kind: str, grid: int = 1) -> nn.Module:
-    return GeM(grid=grid) if kind == "gem" else nn.AdaptiveAvgPool2d(grid)
+    return GeM(grid=grid) if kind == "gem" else _Regions(grid)
 
 
 def _use_gem_at_the_end(module: nn.Module, name: str) -> None:
