@@ -130,10 +130,15 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
     start = [r for r in rows if r["label_free"] is not None]
     rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
     families = {}  # each pooling alone, and global with pyramid (what the photos template ranks)
-    for label, keep in (("global", lambda v: "grid" not in v and "pyramid" not in v),
-                        ("4x4 grid", lambda v: "4x4 grid" in v),
-                        ("pyramid", lambda v: "pyramid" in v),
-                        ("global + pyramid", lambda v: "grid" not in v)):  # fmt: skip
+    kinds = {"global": "", "4x4 grid": GRIDS["4"], "pyramid": GRIDS["[1, 4]"]}
+
+    def kind(variant: str) -> str:
+        return next(k for k, tail in reversed(kinds.items()) if variant.endswith(f"{tail})"))
+
+    for label, keep in (("global", lambda v: kind(v) == "global"),
+                        ("4x4 grid", lambda v: kind(v) == "4x4 grid"),
+                        ("pyramid", lambda v: kind(v) == "pyramid"),
+                        ("global + pyramid", lambda v: kind(v) != "4x4 grid")):  # fmt: skip
         sub = [r for r in start if keep(r["variant"])]
         pick = max(sub, key=lambda r: r["label_free"])
         families[label] = (spearman([r["label_free"] for r in sub], [r["R@1"] for r in sub]),
