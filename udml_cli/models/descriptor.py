@@ -32,8 +32,7 @@ class GeM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p.float()
         x = x.float().clamp(min=self.eps).pow(p)
-        pooled = x.mean((2, 3), keepdim=True) if self.grid == 1 else regions(x, self.grid)
-        return pooled.pow(1.0 / p)
+        return regions(x, self.grid).pow(1.0 / p)
 
 
 def _bins(n: int, g: int, like: torch.Tensor) -> torch.Tensor:
@@ -49,7 +48,10 @@ def _bins(n: int, g: int, like: torch.Tensor) -> torch.Tensor:
 def regions(x: torch.Tensor, g: int) -> torch.Tensor:
     """The mean of each of a g×g grid of regions of ``x`` (N, C, H, W) → (N, C, g, g), as
     ``adaptive_avg_pool2d(x, g)`` — but as two matrix products over the map's sizes, so the ONNX
-    exporter (which cannot see the size an adaptive pooling starts from) takes it too."""
+    exporter (which cannot see the size an adaptive pooling starts from) takes it too; g = 1:
+    the plain mean."""
+    if g == 1:
+        return x.mean((2, 3), keepdim=True)
     h, w = int(x.shape[2]), int(x.shape[3])
     return torch.einsum("nchw,ih,jw->ncij", x, _bins(h, g, x), _bins(w, g, x))
 
@@ -60,7 +62,7 @@ class _Regions(nn.Module):
         self.grid = grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3), keepdim=True) if self.grid == 1 else regions(x, self.grid)
+        return regions(x, self.grid)
 
 
 def _pool(kind: str, grid: int = 1) -> nn.Module:
