@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Results
 
 ROOT = Path(__file__).resolve().parents[1]
-# how each model.grid reads in a variant's name
-GRIDS = {"1": "", "4": ", 4x4 grid", "[1, 4]": ", pyramid: whole map + 4x4 grid"}
+# each model.grid: how it reads in a variant's name, and its kind of pooling
+GRIDS = {"1": ("", "global"), "4": (", 4x4 grid", "4x4 grid"),
+         "[1, 4]": (", pyramid: whole map + 4x4 grid", "pyramid")}  # fmt: skip
 TEMPLATES = {"fashion-mnist": "demo-fashion-mnist.toml", "emoji": "demo.toml", "icons": "demo.toml"}
 
 
@@ -90,14 +91,14 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
     train = ImageDataset.evaluated(read_split(ref, "train"), cfg.data)
     rows: list[dict] = []
 
-    def score(name: str, x, free=None, seconds=0.0, with_nmi=True):
+    def score(name: str, x, free=None, seconds=0.0, with_nmi=True, pooling=None):
         x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
         m = evaluate_embeddings(x, labels, [1, 2, 4, 8], with_nmi, cfg.cluster.seed)
         nmi = None if m["nmi"] is None else 100 * m["nmi"]
         row = {"variant": name, "R@1": 100 * m["recall_at"]["1"], "NMI": nmi,
                "MAP@R": 100 * m["map_at_r"], "dim": int(x.shape[1]),
                "label_free": None if free is None else 100 * free["score"],
-               "seconds": round(seconds, 1)}  # fmt: skip
+               "seconds": round(seconds, 1), "pooling": pooling}  # fmt: skip
         rows.append(row)
         print(f"{dataset} {row}", file=sys.stderr, flush=True)
 
@@ -125,21 +126,19 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
             # NMI (k-means with one cluster per class) for the final feature only: minutes each
             if grid != 1 and name == "last":
                 continue  # stays global: the (avg) row
-            variant = f"start {name} ({pool}{GRIDS[str(grid)]})"
-            score(variant, x[:, part], free, seconds, name == "last")
+            tail, pooling = GRIDS[str(grid)]
+            score(f"start {name} ({pool}{tail})", x[:, part], free, seconds, name == "last",
+                  pooling)  # fmt: skip
     start = [r for r in rows if r["label_free"] is not None]
     rho = spearman([r["label_free"] for r in start], [r["R@1"] for r in start])
     families = {}  # each pooling alone, and global with pyramid (what the photos template ranks)
-    kinds = {"global": "", "4x4 grid": GRIDS["4"], "pyramid": GRIDS["[1, 4]"]}
-
-    def kind(variant: str) -> str:
-        return next(k for k, tail in reversed(kinds.items()) if variant.endswith(f"{tail})"))
-
-    for label, keep in (("global", lambda v: kind(v) == "global"),
-                        ("4x4 grid", lambda v: kind(v) == "4x4 grid"),
-                        ("pyramid", lambda v: kind(v) == "pyramid"),
-                        ("global + pyramid", lambda v: kind(v) != "4x4 grid")):  # fmt: skip
-        sub = [r for r in start if keep(r["variant"])]
+    for label, kinds in (
+        ("global", {"global"}),
+        ("4x4 grid", {"4x4 grid"}),
+        ("pyramid", {"pyramid"}),
+        ("global + pyramid", {"global", "pyramid"}),
+    ):
+        sub = [r for r in start if r["pooling"] in kinds]
         pick = max(sub, key=lambda r: r["label_free"])
         families[label] = (spearman([r["label_free"] for r in sub], [r["R@1"] for r in sub]),
                            pick, max(sub, key=lambda r: r["R@1"]), len(sub))  # fmt: skip

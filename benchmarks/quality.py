@@ -47,17 +47,15 @@ MODES = {
 }
 
 
-SHIPPED: str | None = None  # --template: one template as shipped, for the start and each mode
-
-
-def template(dataset: str, mode: str) -> Path:
-    if SHIPPED and mode != "STML":
-        return ROOT / "templates" / f"{SHIPPED}.toml"
+def template(dataset: str, mode: str, shipped: str | None = None) -> Path:
+    """``shipped`` (--template): that template as shipped, for every mode but STML."""
+    if shipped and mode != "STML":
+        return ROOT / "templates" / f"{shipped}.toml"
     return ROOT / "templates" / (STML_TEMPLATES if mode == "STML" else TEMPLATES)[dataset]
 
 
-def dataset_sets(dataset: str, mode: str) -> list[str]:
-    if SHIPPED and mode != "STML":  # as shipped: only the data named (k etc. its own)
+def dataset_sets(dataset: str, mode: str, shipped: str | None = None) -> list[str]:
+    if shipped and mode != "STML":  # as shipped: only the data named (k etc. its own)
         return [f"data.dataset={dataset}"]
     sets = list(DATASET_SETS.get(dataset, []))
     if mode == "STML":  # no [cluster] section in STML's config
@@ -124,8 +122,6 @@ def main() -> None:
     ap.add_argument("--template", help="a template as shipped (e.g. photos) instead of each "
                     "set's demo template, for the start and every mode but STML")  # fmt: skip
     args = ap.parse_args()
-    global SHIPPED
-    SHIPPED = args.template
 
     import udml_cli as udml
     from udml_cli.config import load_config
@@ -136,8 +132,8 @@ def main() -> None:
     for dataset in args.datasets:
         res = Results(f"{args.name}-{dataset}")
         table: dict[tuple, list[dict]] = {}
-        base = load_config(template(dataset, "start"),
-                           [*dataset_sets(dataset, "start"), *args.sets])  # fmt: skip
+        base = load_config(template(dataset, "start", args.template),
+                           [*dataset_sets(dataset, "start", args.template), *args.sets])  # fmt: skip
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
         if base.model.layers == ["auto"]:  # the start is the stage each run will pick itself
@@ -151,10 +147,10 @@ def main() -> None:
         table[(dataset, "start")] = [start_metrics]
         for mode in args.modes:
             for seed in args.seeds:
-                sets = [*dataset_sets(dataset, mode), *args.sets, *MODES[mode],
+                sets = [*dataset_sets(dataset, mode, args.template), *args.sets, *MODES[mode],
                         f"train.seed={seed}", f"cluster.seed={seed}",
                         "train.final_eval=false"]  # scored below, with the subgroup metrics  # fmt: skip
-                cfg = load_config(template(dataset, mode), sets)
+                cfg = load_config(template(dataset, mode, args.template), sets)
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     last = udml.train(Path(tmp) / "run", cfg)  # the same call as `udml train`
