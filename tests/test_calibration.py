@@ -5,6 +5,7 @@ loop that embeds every edited copy by itself, and the index/duplicates round tri
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,83 @@ def test_nearest_other_against_a_loop():
     want = [max(float(x[i] @ x[j]) for j in range(60) if j != i) for i in range(60)]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert len(nearest_other(x, np.random.default_rng(0), most=10)) == 10
+
+
+def test_weighted_threshold_rule_against_a_search():
+    # false-match rate = weight of the look-alikes at least t similar, per image
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        pos = rng.normal(0.8, 0.1, 30).astype(np.float32)
+        neg = rng.normal(0.65, 0.12, 25).astype(np.float32)
+        w = rng.choice([1.0, 2.5], 25)
+        images = 20 + trial
+        p = [0.9, 0.99][trial % 2]
+        want = None
+        for t in sorted(set(pos.tolist()) | set(neg.tolist())):
+            r = np.mean(pos >= t)
+            f = w[neg >= t].sum() / images
+            if r > 0 and r >= p * (r + f):
+                want = t
+                break
+        got = choose_threshold(pos, neg, p, w, images)
+        assert got == pytest.approx(want if want is not None else np.nextafter(neg.max(), 2))
+    # unweighted, it is the rule above
+    assert choose_threshold(pos, neg, 0.9) == choose_threshold(pos, neg, 0.9, np.ones(25), 25)
+
+
+def test_look_alikes_as_close_as_copies_are_judged_by_local_features(monkeypatch):
+    """``negatives`` against a plain loop over each image's neighbours, with local features
+    replaced by a table of which pairs are copies (same family) and which pictures are textured."""
+    from udml_cli import calibration, verify
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(12, 16))
+    family = np.repeat(np.arange(12), 4)  # 12 pictures, each with 3 copies
+    x = centres[family] + 0.15 * rng.normal(size=(48, 16))
+    x[4:8] = x[0:4] + 0.05 * rng.normal(size=(4, 16))  # family 1: a look-alike of family 0
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    textured = np.arange(48) % 4 != 3  # each family's last image is smooth
+    paths = [Path(str(i)) for i in range(48)]
+
+    def pairs(p, rows, cols, progress=None, what=""):
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        copy = family[rows] == family[cols]
+        tex = np.where(textured[rows] & textured[cols], verify.TEXTURED, 0)
+        return np.where(copy, 50, 0), np.where(copy, 0.9, 0.0), tex
+
+    monkeypatch.setattr(verify, "verify_pairs", pairs)
+    floor = 0.9
+    got = calibration.negatives(x, paths, floor, np.random.default_rng(0))
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    cheap, close = [], []
+    for i in range(48):
+        (cheap if sim[i].max() < floor else close).append(i)
+    want = [sim[i].max() for i in cheap]
+    for i in close:  # every close image is walked (fewer than walk_size)
+        order = np.argsort(-sim[i], kind="stable")[: verify.NEIGHBOURS]
+        for j in order:
+            if sim[i, j] >= floor:
+                if family[i] != family[j] and textured[i] and textured[j]:
+                    want.append(sim[i, j])
+            else:
+                want.append(sim[i, j])
+                break
+    assert got.images == 48 and len(close) > 0
+    assert sorted(got.sims.tolist()) == pytest.approx(sorted(want), abs=1e-5)
+    assert got.judged == sum(1 for s in want if s >= floor) > 0
+    assert np.all(got.weights == 1)  # all walked: nothing to stand for
+    # without local features, the close ones are left out (the rule before)
+    plain = calibration.negatives(x, paths, floor, np.random.default_rng(0), judge=False)
+    assert plain.images == len(cheap) and sorted(plain.sims.tolist()) == pytest.approx(
+        sorted(sim[i].max() for i in cheap), abs=1e-5
+    )
+
+
+def test_a_calibration_stored_before_judged_look_alikes_still_loads():
+    from udml_cli.calibration import Calibration
+
+    old = {"threshold": 0.92, "precision": 0.99, "sample": 30, "recall": {"crop": 0.5},
+           "false_match_rate": 0.01, "hardest_negative": 0.9, "negatives": 200}  # fmt: skip
+    c = Calibration.from_dict(old)
+    assert c is not None and c.judged == 0 and "told apart" not in c.summary()

@@ -3,17 +3,25 @@
 A sample of the indexed images is edited the ways people edit the pictures they duplicate
 (``data/named_edits.py``: crop, mirror, brightness, greyscale, rotation, blur, shrink + JPEG,
 a caption; mild and strong) and each copy's similarity to its original is measured: the
-positives. The negatives are every image's most similar *other* image in the folder (one exact
-search over the index, nothing to embed; 20,000 images drawn beyond that) — except a neighbour at
-least as close as a typical edited copy (the median of the sample's copies), which is taken for a
-copy the folder already holds (counted as a non-copy, it would push the threshold above the
-copies the user wants found). The threshold is the lowest at which
+positives. The negatives are each image's look-alikes, found by one exact search over the index
+(nothing to embed; 20,000 images drawn beyond that): its most similar *other* image — unless
+that one is at least as close as a typical edited copy (the median of the sample's copies),
+which the embedding alone cannot tell from a copy the folder already holds. Local features can
+(``negatives``, when OpenCV is installed): for a sample of the images that close to another, the
+close neighbours are checked as ``udml duplicates`` checks a pair (``verify.py``), and every one
+that is another picture (both textured, no transform maps one onto the other: two halves of one
+photograph of grass) is a look-alike of that image, as is its first neighbour below the median.
+Without that look, a folder whose images each have copies hid every look-alike behind them, and
+the threshold could not rise above the median copy: on the copy benchmark it measured precision
+0.94 for the asked 0.99 (BENCHMARKS.md). The threshold is the lowest at which
 
     precision = recall / (recall + false-match rate) ≥ the asked precision
 
-(the precision a review would see with as many true copies as look-alike pairs), so it does
-not depend on how many copies the folder happens to hold; the recall each edit kind would have
-at it is stored with it and printed.
+with the false-match rate the look-alikes at least that similar per image (the sampled ones
+weighted for those not walked): the precision a review would see if each image had one copy,
+so it does not depend on how many copies the folder happens to hold; the recall each edit kind
+would have at it is stored with it and printed. Without OpenCV the close neighbours are left out,
+as before.
 """
 
 from __future__ import annotations
@@ -38,9 +46,10 @@ class Calibration:
     precision: float  # asked
     sample: int  # originals edited
     recall: dict[str, float]  # per edit kind, at the threshold (mild and strong together)
-    false_match_rate: float  # of the negatives, at the threshold
+    false_match_rate: float  # look-alikes at least as similar as the threshold, per image
     hardest_negative: float
-    negatives: int  # images whose nearest other image is not taken for a copy
+    negatives: int  # images whose look-alikes were counted
+    judged: int = 0  # look-alikes as close as a copy, told apart from copies by local features
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +60,7 @@ class Calibration:
             c = cls(float(d["threshold"]), float(d["precision"]), int(d["sample"]),
                     {str(k): float(v) for k, v in d["recall"].items()},
                     float(d["false_match_rate"]), float(d["hardest_negative"]),
-                    int(d["negatives"]))  # fmt: skip
+                    int(d["negatives"]), int(d.get("judged", 0)))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return c if -1 <= c.threshold <= 1.0001 else None
@@ -64,11 +73,16 @@ class Calibration:
                 f"{MIN_NEGATIVES} are needed)"
             )
         kinds = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.recall.items())
+        judged = (
+            f"; {self.judged} of them as close as copies, told apart by local features"
+            if self.judged
+            else ""
+        )
         return (
             f"duplicate threshold {self.threshold:.4f} for precision {self.precision:g}, "
-            f"calibrated on edited copies of {self.sample} of these images against each image's "
-            f"most similar other image ({self.negatives} not taken for copies, "
-            f"{100 * self.false_match_rate:.1f}% above it); expected recall per edit: {kinds} "
+            f"calibrated on edited copies of {self.sample} of these images against the "
+            f"look-alikes of {self.negatives} ({self.false_match_rate:.3f} an image above the "
+            f"threshold{judged}); expected recall per edit: {kinds} "
             "(by the embedding alone: udml duplicates also joins perceptual hashes and checks "
             "closer candidates by local features)"
         )
@@ -80,17 +94,25 @@ def sample_size(n: int) -> int:
     return min(n, max(30, min(200, n // 250)))
 
 
-def choose_threshold(pos: np.ndarray, neg: np.ndarray, precision: float) -> float:
+def choose_threshold(pos: np.ndarray, neg: np.ndarray, precision: float,
+                     weights: np.ndarray | None = None, images: float | None = None) -> float:  # fmt: skip
     """The lowest similarity at which recall / (recall + false-match rate) ≥ ``precision``
-    with at least one copy found; above every negative when no such point exists."""
+    with at least one copy found; above every negative when no such point exists. The
+    false-match rate at ``t``: the ``weights`` of the negatives at least ``t`` similar over
+    ``images`` (default: one each, over how many there are)."""
+    pos, neg = np.asarray(pos, np.float32), np.asarray(neg, np.float32)
+    w = np.ones(len(neg)) if weights is None else np.asarray(weights, np.float64)
+    images = float(len(neg)) if images is None else float(images)
     cands = np.unique(np.concatenate([pos, neg]))
-    p, n = np.sort(pos), np.sort(neg)
+    p = np.sort(pos)
+    order = np.argsort(neg, kind="stable")
+    above = np.concatenate([[0.0], np.cumsum(w[order])])  # weight below each candidate: above[k]
     recall = 1 - np.searchsorted(p, cands, "left") / max(len(p), 1)
-    false = 1 - np.searchsorted(n, cands, "left") / max(len(n), 1)
+    false = (above[-1] - above[np.searchsorted(neg[order], cands, "left")]) / max(images, 1)
     ok = (recall > 0) & (recall >= precision * (recall + false))
     if ok.any():
         return float(cands[np.flatnonzero(ok)[0]])
-    return float(np.nextafter(np.float32(n.max() if len(n) else 1.0), np.float32(2)))
+    return float(np.nextafter(np.float32(neg.max() if len(neg) else 1.0), np.float32(2)))
 
 
 class _Synthesised:
@@ -121,20 +143,88 @@ class _Synthesised:
         return self.transform(apply(im, kind, which)), i
 
 
-def nearest_other(vectors: np.ndarray, rng, most: int = 20_000) -> np.ndarray:
+def nearest_other(vectors: np.ndarray, rng, most: int = 20_000, rows: bool = False):
     """The similarity of each row (of ``most`` drawn at random, beyond that) to its most similar
-    other row: nothing to embed, one exact search."""
+    other row: nothing to embed, one exact search. ``rows``: ``(rows asked, similarities)``."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) < 2:
-        return np.zeros(0, np.float32)
+        return (np.zeros(0, np.int64), np.zeros(0, np.float32)) if rows else np.zeros(0, np.float32)
     ask = np.sort(rng.choice(len(x), most, replace=False)) if len(x) > most else np.arange(len(x))
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     sim, found = index.search(x[ask], 2)
     other = np.where(found[:, 0] == ask, sim[:, 1], sim[:, 0])  # ties: the first need not be self
-    return other.astype(np.float32)
+    return (ask, other.astype(np.float32)) if rows else other.astype(np.float32)
+
+
+def walk_size(n: int) -> int:
+    """Images whose close neighbours local features judge: 300 at least (a look-alike pair
+    among a few per cent of the images is then seldom missed), 500 at most (a pair ~70 ms on 2
+    cores, ≤ 24 pairs an image: ≤ 15 min, ~5 % of embedding 100,000 images)."""
+    return min(n, max(300, min(500, n // 200)))
+
+
+@dataclass
+class Negatives:
+    """Look-alike similarities: ``sims`` with their ``weights``, from ``images`` images; the
+    false-match rate at ``t`` is the weight at least ``t`` over ``images``."""
+
+    sims: np.ndarray
+    weights: np.ndarray
+    images: int
+    judged: int = 0  # look-alikes at least as close as the floor, told apart by local features
+
+    def rate(self, t: float) -> float:
+        return float(self.weights[self.sims >= t].sum() / max(self.images, 1))
+
+
+def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progress=None,
+              judge: bool = True) -> Negatives:  # fmt: skip
+    """Each image's look-alikes (of 20,000 drawn at random, beyond that): its most similar
+    other image when that is below ``floor``; when it is not (a copy the folder holds, or a
+    look-alike as close as one), with ``judge``, local features walk a sample of such images
+    (``walk_size``): every neighbour at least ``floor`` similar that they say is another
+    picture, and the first below ``floor``, each weighted for the images not walked."""
+    asked, nearest = nearest_other(vectors, rng, rows=True)
+    cheap = nearest[nearest < floor].astype(np.float32)
+    close = asked[nearest >= floor]
+    if not (judge and len(close)):  # the close ones cannot be told from copies: left out
+        return Negatives(cheap, np.ones(len(cheap)), len(cheap))
+    walk = np.sort(rng.choice(close, min(len(close), walk_size(len(paths))), replace=False))
+    judged, first = judged_negatives(vectors, paths, walk, floor, progress)
+    sims = np.concatenate([cheap, judged, first]).astype(np.float32)
+    w = np.concatenate(
+        [np.ones(len(cheap)), np.full(len(judged) + len(first), len(close) / len(walk))]
+    )
+    return Negatives(sims, w, len(asked), len(judged))
+
+
+def judged_negatives(vectors: np.ndarray, paths: list[Path], rows: np.ndarray, floor: float,
+                     progress=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(judged, first)`` for ``rows``, whose nearest other is at least ``floor`` similar:
+    among each row's nearest others (at most ``verify.NEIGHBOURS``), the similarities of every
+    one at least ``floor`` similar that local features say is another picture (both textured,
+    no transform maps one onto the other), and of the first below ``floor``."""
+    import faiss
+
+    from udml_cli import verify
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    sim, found = index.search(x[rows], min(verify.NEIGHBOURS + 1, len(x)))
+    mine = (found != rows[:, None]) & (found >= 0)
+    look = mine & (sim >= floor)
+    r, c = np.repeat(rows, look.sum(1)), found[look]
+    inliers, coverage, texture = verify.verify_pairs(paths, r, c, progress,
+                                                     what="calibration: look-alikes or copies")  # fmt: skip
+    other = ~verify.is_copy(inliers, coverage) & (texture >= verify.TEXTURED)
+    below = mine & (sim < floor)
+    has = below.any(1)
+    first = sim[np.flatnonzero(has), below.argmax(1)[has]]
+    return sim[look][other].astype(np.float32), first.astype(np.float32)
 
 
 def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: float,
@@ -160,16 +250,25 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
     if not readable.any():
         raise DatasetError("none of the calibration sample's images could be read")
     sims = sims[readable]
-    nearest = nearest_other(vectors, rng)
-    negs = nearest[nearest < np.median(sims)].astype(np.float32)  # closer: taken for a copy
-    t = choose_threshold(sims.ravel().astype(np.float32), negs, precision)
-    if len(negs) < MIN_NEGATIVES:
+    median = float(np.median(sims))
+    from udml_cli import verify
+
+    negs = negatives(vectors, paths, median, rng, progress, judge=verify.available())
+    t = choose_threshold(sims.ravel().astype(np.float32), negs.sims, precision, negs.weights,
+                         negs.images)  # fmt: skip
+    if negs.images < MIN_NEGATIVES:
         t = DEFAULT_THRESHOLD
     return Calibration(
         threshold=t, precision=precision, sample=len(sims),
         recall={k: round(float(np.mean(sims[:, [j for j, (kk, _) in enumerate(edits) if kk == k]]
                                        >= t)), 4) for k in KINDS},
-        false_match_rate=round(float(np.mean(negs >= t)), 4) if len(negs) else 0.0,
-        hardest_negative=round(float(negs.max()), 6) if len(negs) else -1.0,
-        negatives=len(negs),
+        false_match_rate=round(negs.rate(t), 4),
+        hardest_negative=round(float(negs.sims.max()), 6) if len(negs.sims) else -1.0,
+        negatives=negs.images, judged=negs.judged,
     )  # fmt: skip
+
+
+def verify_available() -> bool:
+    from udml_cli import verify
+
+    return verify.available()

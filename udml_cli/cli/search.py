@@ -47,7 +47,8 @@ def index(
         bool,
         typer.Option(
             help="Calibrate the duplicate threshold on edited copies of a sample of these images "
-            "(stored in the index; udml duplicates uses it)."
+            "against their look-alikes (those as close as copies told apart by local features, "
+            "with OpenCV); stored in the index, udml duplicates uses it."
         ),
     ] = True,
     hashes: Annotated[
@@ -63,7 +64,7 @@ def index(
             min=0.5,
             max=0.9999,
             help="Precision the calibrated duplicate threshold aims at (copies among the pairs "
-            "it joins, with as many look-alike pairs as copies).",
+            "it joins, if each image had one copy).",
         ),
     ] = 0.99,
 ) -> None:
