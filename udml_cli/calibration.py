@@ -161,8 +161,9 @@ def nearest_other(vectors: np.ndarray, rng, most: int = 20_000, rows: bool = Fal
 
 def walk_size(n: int) -> int:
     """Images whose close neighbours local features judge: 300 at least (a look-alike pair
-    among a few per cent of the images is then seldom missed), 500 at most (a pair ~70 ms on 2
-    cores, ≤ 24 pairs an image: ≤ 15 min, ~5 % of embedding 100,000 images)."""
+    among a few per cent of the images is then seldom missed), 500 at most (≤ 24 pairs an
+    image: ≤ 12,500 pictures' keypoints at ~70 ms, ≤ 15 min on one core and about half that on
+    two, ≤ 4 % of embedding 100,000 images there: estimated, not measured)."""
     return min(n, max(300, min(500, n // 200)))
 
 
