@@ -74,15 +74,15 @@ class Calibration:
             )
         kinds = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.recall.items())
         judged = (
-            f"; {self.judged} of them as close as copies, told apart by local features"
+            f"; {self.judged} look-alikes as close as copies, told apart by local features"
             if self.judged
             else ""
         )
         return (
             f"duplicate threshold {self.threshold:.4f} for precision {self.precision:g}, "
             f"calibrated on edited copies of {self.sample} of these images against the "
-            f"look-alikes of {self.negatives} ({self.false_match_rate:.3f} an image above the "
-            f"threshold{judged}); expected recall per edit: {kinds} "
+            f"look-alikes of {self.negatives} ({self.false_match_rate:.3f} look-alikes an image "
+            f"above the threshold{judged}); expected recall per edit: {kinds} "
             "(by the embedding alone: udml duplicates also joins perceptual hashes and checks "
             "closer candidates by local features)"
         )
