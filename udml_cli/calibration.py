@@ -267,9 +267,3 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
         hardest_negative=round(float(negs.sims.max()), 6) if len(negs.sims) else -1.0,
         negatives=negs.images, judged=negs.judged,
     )  # fmt: skip
-
-
-def verify_available() -> bool:
-    from udml_cli import verify
-
-    return verify.available()
