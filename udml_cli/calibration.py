@@ -143,17 +143,26 @@ class _Synthesised:
         return self.transform(apply(im, kind, which)), i
 
 
-def nearest_other(vectors: np.ndarray, rng, most: int = 20_000, rows: bool = False):
-    """The similarity of each row (of ``most`` drawn at random, beyond that) to its most similar
-    other row: nothing to embed, one exact search. ``rows``: ``(rows asked, similarities)``."""
+def _flat(vectors: np.ndarray):
+    """An exact inner-product faiss index of ``vectors``."""
     import faiss
 
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def nearest_other(vectors: np.ndarray, rng, most: int = 20_000, rows: bool = False,
+                  index=None):  # fmt: skip
+    """The similarity of each row (of ``most`` drawn at random, beyond that) to its most similar
+    other row: nothing to embed, one exact search (on ``index`` when the caller has built
+    ``_flat(vectors)``). ``rows``: ``(rows asked, similarities)``."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) < 2:
         return (np.zeros(0, np.int64), np.zeros(0, np.float32)) if rows else np.zeros(0, np.float32)
     ask = np.sort(rng.choice(len(x), most, replace=False)) if len(x) > most else np.arange(len(x))
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    index = _flat(x) if index is None else index
     sim, found = index.search(x[ask], 2)
     other = np.where(found[:, 0] == ask, sim[:, 1], sim[:, 0])  # ties: the first need not be self
     return (ask, other.astype(np.float32)) if rows else other.astype(np.float32)
@@ -188,13 +197,14 @@ def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progres
     look-alike as close as one), with ``judge``, local features walk a sample of such images
     (``walk_size``): every neighbour at least ``floor`` similar that they say is another
     picture, and the first below ``floor``, each weighted for the images not walked."""
-    asked, nearest = nearest_other(vectors, rng, rows=True)
+    index = _flat(vectors)  # one for both searches
+    asked, nearest = nearest_other(vectors, rng, rows=True, index=index)
     cheap = nearest[nearest < floor].astype(np.float32)
     close = asked[nearest >= floor]
     if not (judge and len(close)):  # the close ones cannot be told from copies: left out
         return Negatives(cheap, np.ones(len(cheap)), len(cheap))
     walk = np.sort(rng.choice(close, min(len(close), walk_size(len(paths))), replace=False))
-    judged, first = judged_negatives(vectors, paths, walk, floor, progress)
+    judged, first = judged_negatives(vectors, paths, walk, floor, progress, index)
     sims = np.concatenate([cheap, judged, first]).astype(np.float32)
     w = np.concatenate(
         [np.ones(len(cheap)), np.full(len(judged) + len(first), len(close) / len(walk))]
@@ -203,25 +213,22 @@ def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progres
 
 
 def judged_negatives(vectors: np.ndarray, paths: list[Path], rows: np.ndarray, floor: float,
-                     progress=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                     progress=None, index=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``(judged, first)`` for ``rows``, whose nearest other is at least ``floor`` similar:
     among each row's nearest others (at most ``verify.NEIGHBOURS``), the similarities of every
     one at least ``floor`` similar that local features say is another picture (both textured,
     no transform maps one onto the other), and of the first below ``floor``."""
-    import faiss
-
     from udml_cli import verify
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    index = _flat(x) if index is None else index
     sim, found = index.search(x[rows], min(verify.NEIGHBOURS + 1, len(x)))
     mine = (found != rows[:, None]) & (found >= 0)
     look = mine & (sim >= floor)
     r, c = np.repeat(rows, look.sum(1)), found[look]
     inliers, coverage, texture = verify.verify_pairs(paths, r, c, progress,
                                                      what="calibration: look-alikes or copies")  # fmt: skip
-    other = ~verify.is_copy(inliers, coverage) & (texture >= verify.TEXTURED)
+    other = verify.is_other(inliers, coverage, texture)
     below = mine & (sim < floor)
     has = below.any(1)
     first = sim[np.flatnonzero(has), below.argmax(1)[has]]
@@ -231,6 +238,7 @@ def judged_negatives(vectors: np.ndarray, paths: list[Path], rows: np.ndarray, f
 def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: float,
               progress=None, seed: int = 0, sample: int | None = None) -> Calibration:  # fmt: skip
     """Calibrate on ``paths`` (the indexed files, rows of ``vectors``) with their ``model``."""
+    from udml_cli import verify
     from udml_cli.data.transforms import eval_transform
     from udml_cli.engine import resolve_engine
     from udml_cli.errors import DatasetError
@@ -252,8 +260,6 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
         raise DatasetError("none of the calibration sample's images could be read")
     sims = sims[readable]
     median = float(np.median(sims))
-    from udml_cli import verify
-
     negs = negatives(vectors, paths, median, rng, progress, judge=verify.available())
     t = choose_threshold(sims.ravel().astype(np.float32), negs.sims, precision, negs.weights,
                          negs.images)  # fmt: skip

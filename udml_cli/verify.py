@@ -211,6 +211,12 @@ def is_copy(inliers, coverage):
     return (inliers >= MIN_INLIERS) & (coverage >= MIN_COVERAGE)
 
 
+def is_other(inliers, coverage, texture):
+    """Another picture, as local features can say it: both textured (``texture``: the less
+    textured one's, as ``verify_pairs`` gives it) and no copy."""
+    return ~is_copy(inliers, coverage) & (texture >= TEXTURED)
+
+
 def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
                     floor: float = FLOOR, neighbours: int = NEIGHBOURS,
                     hash_distance: int = HASH_DISTANCE) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -311,11 +317,11 @@ def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | Non
                                                 np.concatenate([cols, cc]), progress)  # fmt: skip
     copy = is_copy(inliers, coverage)
     m = len(rows)
-    sim = np.einsum("ij,ij->i", vectors[rows], vectors[cols])
+    alike = np.einsum("ij,ij->i", vectors[rows], vectors[cols]) >= FLOOR
     # unconfirmed, a link stands only where keypoints cannot judge (too little texture) and the
     # embedding itself calls the two alike: the hashes of two smooth pictures under one caption
     # or turned alike agree on the caption or the corners alone
-    keep = copy[:m] | ((texture[:m] < TEXTURED) & (sim >= FLOOR))
+    keep = copy[:m] | (~is_other(inliers[:m], coverage[:m], texture[:m]) & alike)
     ok = copy[m:]
     return {"keep": keep, "rows": cr[ok], "cols": cc[ok], "checked": m + len(cr),
             "confirmed": int(ok.sum()), "overruled": int((~keep).sum()),
