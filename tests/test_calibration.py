@@ -74,8 +74,11 @@ def test_recall_per_edit_matches_a_plain_loop(tmp_path):
         embed = lambda im: model.eval().embed(t(im)[None])[0].numpy()  # noqa: E731
         vectors = np.stack([embed(Image.open(p).convert("RGB")) for p in paths])
         got = calibrate(model, cfg, vectors, paths, 0.99)
-        sims = {k: [float(embed(apply(Image.open(p).convert("RGB"), k, s)) @ vectors[i])
-                    for i, p in enumerate(paths) for s in STRENGTHS] for k in KINDS}  # fmt: skip
+        # every image is in the sample (fewer than 30); the i-th gets each kind once, the j-th
+        # kind mild when i + j is even, strong when odd
+        sims = {k: [float(embed(apply(Image.open(p).convert("RGB"), k, STRENGTHS[(i + j) % 2]))
+                          @ vectors[i]) for i, p in enumerate(paths)]
+                for j, k in enumerate(KINDS)}  # fmt: skip
     assert got.sample == len(paths)
     for k in KINDS:
         assert got.recall[k] == pytest.approx(np.mean(np.array(sims[k]) >= got.threshold), abs=1e-4)
@@ -209,3 +212,63 @@ def test_a_calibration_stored_before_judged_look_alikes_still_loads():
            "false_match_rate": 0.01, "hardest_negative": 0.9, "negatives": 200}  # fmt: skip
     c = Calibration.from_dict(old)
     assert c is not None and c.judged == 0 and "told apart" not in c.summary()
+
+
+def test_walk_prefix_by_hand():
+    from udml_cli.calibration import walk_prefix
+
+    # rows 0, 1, 2 in walking order; neighbours (itself first) with similarities
+    found = np.array([[0, 5, 6, 7], [1, 5, 8, 9], [2, 10, 11, 12]])
+    sim = np.array([[1, 0.95, 0.93, 0.5], [1, 0.97, 0.92, 0.4], [1, 0.99, 0.98, 0.97]])
+    rows = np.array([0, 1, 2])
+    # pictures: row 0 brings {0, 5, 6}; row 1 adds {1, 8} (5 seen): 5; row 2 adds 4: 9
+    assert walk_prefix(rows, sim, found, 0.9, 9) == 3
+    assert walk_prefix(rows, sim, found, 0.9, 8) == 2
+    assert walk_prefix(rows, sim, found, 0.9, 5) == 2
+    assert walk_prefix(rows, sim, found, 0.9, 4) == 1
+    assert walk_prefix(rows, sim, found, 0.9, 1) == 1  # the first always walks
+    # at 0.96 row 0 brings {0}, row 1 {1, 5}, row 2 {2, 10, 11, 12}: 7 pictures in all
+    assert walk_prefix(rows, sim, found, 0.96, 7) == 3
+    assert walk_prefix(rows, sim, found, 0.96, 6) == 2
+
+
+def test_the_walk_keeps_to_its_picture_budget(monkeypatch):
+    """With a budget of pictures smaller than the close images' neighbourhoods, the walk stops
+    within it; what it found is what a plain loop over the images it walked finds, weighted for
+    the close images it did not walk."""
+    from udml_cli import calibration, verify
+
+    rng = np.random.default_rng(6)
+    family = np.repeat(np.arange(30), 4)
+    x = rng.normal(size=(30, 16))[family] + 0.1 * rng.normal(size=(120, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    seen = {}
+
+    def pairs(p, rows, cols, progress=None, what=""):
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        seen["rows"], seen["pictures"] = set(rows.tolist()), set(rows.tolist()) | set(cols.tolist())
+        copy = (family[rows] == family[cols]) | (rows % 7 == 0)  # some look-alikes, judged not
+        return np.where(copy, 50, 0), np.where(copy, 0.9, 0.0), np.full(len(rows), 99)
+
+    monkeypatch.setattr(verify, "verify_pairs", pairs)
+    monkeypatch.setattr(calibration, "walk_pictures", lambda n: 20)
+    floor = 0.9
+    got = calibration.negatives(x, [Path(str(i)) for i in range(120)], floor,
+                                np.random.default_rng(0))  # fmt: skip
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    close = [i for i in range(120) if sim[i].max() >= floor]
+    walked = sorted(seen["rows"])
+    assert len(close) > 20 and 0 < len(walked) < len(close)
+    assert len(seen["pictures"]) <= 20
+    want = []
+    for i in walked:
+        for j in np.argsort(-sim[i], kind="stable")[: verify.NEIGHBOURS]:
+            if sim[i, j] < floor:
+                want.append(sim[i, j])
+                break
+            if family[i] != family[j] and i % 7:
+                want.append(sim[i, j])
+    far = [sim[i].max() for i in range(120) if sim[i].max() < floor]
+    assert sorted(got.sims.tolist()) == pytest.approx(sorted(far + want), abs=1e-5)
+    assert np.allclose(got.weights[len(far) :], len(close) / len(walked))

@@ -2,13 +2,15 @@
 
 A sample of the indexed images is edited the ways people edit the pictures they duplicate
 (``data/named_edits.py``: crop, mirror, brightness, greyscale, rotation, blur, shrink + JPEG,
-a caption; mild and strong) and each copy's similarity to its original is measured: the
-positives. The negatives are each image's look-alikes, found by one exact search over the index
-(nothing to embed; 20,000 images drawn beyond that): its most similar *other* image — unless
+a caption; each original every kind once, mild or strong in turn) and each copy's similarity
+to its original is measured: the positives. The negatives are each image's look-alikes, found
+by one exact search over the index (nothing to embed; 20,000 images drawn beyond that): its
+most similar *other* image — unless
 that one is at least as close as a typical edited copy (the median of the sample's copies),
 which the embedding alone cannot tell from a copy the folder already holds. Local features can
-(``negatives``, when OpenCV is installed): for a sample of the images that close to another, the
-close neighbours are checked as ``udml duplicates`` checks a pair (``verify.py``), and every one
+(``negatives``, when OpenCV is installed): for a sample of the images that close to another (as
+many as ``walk_pictures`` pictures' keypoints allow: ~4 % of the embedding's time), the close
+neighbours are checked as ``udml duplicates`` checks a pair (``verify.py``), and every one
 that is another picture (both textured, no transform maps one onto the other: two halves of one
 photograph of grass) is a look-alike of that image, as is its first neighbour below the median.
 Without that look, a folder whose images each have copies hid every look-alike behind them, and
@@ -89,9 +91,18 @@ class Calibration:
 
 
 def sample_size(n: int) -> int:
-    """Originals to edit: 16 copies are embedded per original, so 200 at most (3 % of the
-    embedding time of 100,000 images), at least 30 (fewer cannot place a threshold)."""
+    """Originals to edit: 8 copies are embedded per original (``sample_edits``), so 200 at most
+    (1.6 % of the embedding time of 100,000 images), at least 30 (fewer cannot place a threshold)."""
     return min(n, max(30, min(200, n // 250)))
+
+
+def sample_edits(i: int) -> list[tuple[str, str]]:
+    """The edits the ``i``-th original of the sample gets: every kind once, mild and strong
+    alternating (between kinds and between originals), so each kind is seen at both strengths
+    in equal numbers. Half of every (kind, strength) per original: on the copy benchmark the
+    threshold over 30 draws was the same (0.9615 ± 0.0008 against 0.9612 ± 0.0007) at half the
+    embedding (BENCHMARKS.md)."""
+    return [(k, STRENGTHS[(i + j) % len(STRENGTHS)]) for j, k in enumerate(KINDS)]
 
 
 def choose_threshold(pos: np.ndarray, neg: np.ndarray, precision: float,
@@ -134,7 +145,7 @@ class _Synthesised:
 
         path, kind, which = self.items[i]
         im = self._decoded[1] if self._decoded[0] == path else None
-        if im is None:  # decoded once for its sixteen edits (each edit returns a new image)
+        if im is None:  # decoded once for its eight edits (each edit returns a new image)
             try:
                 im = load_rgb(path)
             except ImageError:
@@ -169,11 +180,33 @@ def nearest_other(vectors: np.ndarray, rng, most: int = 20_000, rows: bool = Fal
 
 
 def walk_size(n: int) -> int:
-    """Images whose close neighbours local features judge: 300 at least (a look-alike pair
-    among a few per cent of the images is then seldom missed), 500 at most (≤ 24 pairs an
-    image: ≤ 12,500 pictures' keypoints at ~70 ms, ≤ 15 min on one core and about half that on
-    two, ≤ 4 % of embedding 100,000 images there: estimated, not measured)."""
+    """Images whose close neighbours local features judge, at most: 300 at least (a look-alike
+    pair among a few per cent of the images is then seldom missed), 500 at most."""
     return min(n, max(300, min(500, n // 200)))
+
+
+def walk_pictures(n: int) -> int:
+    """Pictures whose keypoints the walk may find (the walked images and their close
+    neighbours): finding and matching one 512 px picture's keypoints costs about what embedding
+    an image does, up to 1.3× (75–100 ms against 76–80 ms on 2 cores), so 4 % of the images
+    (≤ ~5 % of the index's time; a 2,500 cap: ~3 % of 100,000), and 400 at least: on the copy benchmark (every image
+    with 16 close copies) that walks ~100 images, and the threshold over 30 draws was 0.9610 ±
+    0.0012 against 0.9616 walking every one (BENCHMARKS.md, "Calibration cost")."""
+    return max(400, min(2500, n // 25))
+
+
+def walk_prefix(candidates: np.ndarray, sim: np.ndarray, found: np.ndarray, floor: float,
+                budget: int) -> int:  # fmt: skip
+    """How many of ``candidates`` (in walking order; ``sim``, ``found``: each one's nearest
+    rows, itself among them) fit in ``budget`` pictures: each brings itself and its
+    neighbours at least ``floor`` similar; the first is always walked."""
+    seen: set[int] = set()
+    for k, (row, s, f) in enumerate(zip(candidates.tolist(), sim, found, strict=True)):
+        new = {row} | set(f[(s >= floor) & (f >= 0) & (f != row)].tolist())
+        if k and len(seen | new) > budget:
+            return k
+        seen |= new
+    return len(candidates)
 
 
 @dataclass
@@ -195,15 +228,21 @@ def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progres
     """Each image's look-alikes (of 20,000 drawn at random, beyond that): its most similar
     other image when that is below ``floor``; when it is not (a copy the folder holds, or a
     look-alike as close as one), with ``judge``, local features walk a sample of such images
-    (``walk_size``): every neighbour at least ``floor`` similar that they say is another
-    picture, and the first below ``floor``, each weighted for the images not walked."""
-    index = _flat(vectors)  # one for both searches
+    (at most ``walk_size`` images, ``walk_pictures`` pictures' keypoints): every neighbour at
+    least ``floor`` similar that they say is another picture, and the first below ``floor``,
+    each weighted for the images not walked."""
+    from udml_cli import verify
+
+    index = _flat(vectors)  # one for every search
     asked, nearest = nearest_other(vectors, rng, rows=True, index=index)
     cheap = nearest[nearest < floor].astype(np.float32)
     close = asked[nearest >= floor]
     if not (judge and len(close)):  # the close ones cannot be told from copies: left out
         return Negatives(cheap, np.ones(len(cheap)), len(cheap))
-    walk = np.sort(rng.choice(close, min(len(close), walk_size(len(paths))), replace=False))
+    order = rng.permutation(close)[: walk_size(len(paths))]
+    sim, found = index.search(np.ascontiguousarray(vectors[order], np.float32),
+                              min(verify.NEIGHBOURS + 1, len(vectors)))  # fmt: skip
+    walk = np.sort(order[: walk_prefix(order, sim, found, floor, walk_pictures(len(paths)))])
     judged, first = judged_negatives(vectors, paths, walk, floor, progress, index)
     sims = np.concatenate([cheap, judged, first]).astype(np.float32)
     w = np.concatenate(
@@ -246,14 +285,13 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
 
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(paths), sample or sample_size(len(paths)), replace=False))
-    edits = [(k, s) for k in KINDS for s in STRENGTHS]
-    items = [(paths[r], k, s) for r in rows.tolist() for k, s in edits]
+    items = [(paths[r], k, s) for i, r in enumerate(rows.tolist()) for k, s in sample_edits(i)]
     data = _Synthesised(items, eval_transform(cfg.data), cfg.data.image_size)
     x, ok = embed_dataset(model, cfg, data, resolve_engine(cfg.engine, inference=True), "calibration copies",
                           progress, none_ok=True)  # fmt: skip
     full = np.full((len(items), vectors.shape[1]), np.nan, np.float32)
     full[ok] = x
-    full = full.reshape(len(rows), len(edits), -1)
+    full = full.reshape(len(rows), len(KINDS), -1)  # kinds in KINDS order
     sims = np.einsum("red,rd->re", full, vectors[rows])  # each copy against its original
     readable = ~np.isnan(sims).any(1)
     if not readable.any():
@@ -267,8 +305,7 @@ def calibrate(model, cfg, vectors: np.ndarray, paths: list[Path], precision: flo
         t = DEFAULT_THRESHOLD
     return Calibration(
         threshold=t, precision=precision, sample=len(sims),
-        recall={k: round(float(np.mean(sims[:, [j for j, (kk, _) in enumerate(edits) if kk == k]]
-                                       >= t)), 4) for k in KINDS},
+        recall={k: round(float(np.mean(sims[:, j] >= t)), 4) for j, k in enumerate(KINDS)},
         false_match_rate=round(negs.rate(t), 4),
         hardest_negative=round(float(negs.sims.max()), 6) if len(negs.sims) else -1.0,
         negatives=negs.images, judged=negs.judged,

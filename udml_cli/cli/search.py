@@ -225,7 +225,9 @@ def duplicates(
             help="Check pairs by matching local features in the files: join looser candidates "
             "(each image's nearest neighbours, hashes up to 12 bits apart) whose keypoints one "
             "crop/rotation/mirror maps onto each other, and undo a join when both pictures have "
-            "keypoints and none agree (default: on when OpenCV is installed).",
+            "keypoints and none agree, or when they are too smooth to judge and their embedding "
+            "similarity is below 0.5: with --threshold under 0.5, such smooth pairs stand only "
+            "when keypoints confirm them (default: on when OpenCV is installed).",
         ),
     ] = None,
     verify_limit: Annotated[
