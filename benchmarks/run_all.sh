@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Re-run every benchmark (about 25 min of speed benchmarks + about 2 h of quality runs on 2 cores).
+# Re-run every benchmark (about 25 min of speed benchmarks, about 2 h of quality runs and about
+# 75 min of copy detection on 2 cores).
 # Prepares the three offline datasets the quality benchmark uses where they are not registered yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,8 @@ python3 benchmarks/eval_sop.py
 python3 benchmarks/kmeans.py
 python3 benchmarks/pipeline.py --dataset emoji
 python3 benchmarks/quality.py --datasets fashion-mnist emoji icons --seeds 0 1 2
+# copy detection (mate-backgrounds + ukui-wallpapers from scripts/setup.sh; imagededup and imagehash:
+# pip install -e '.[bench]'): about 45 min with the copies recipe's training, then 6 + 25 min
+python3 benchmarks/copies.py --variants last copies
+python3 benchmarks/calibration_draws.py
+python3 benchmarks/calibration_cost.py --sizes 2000 10000
