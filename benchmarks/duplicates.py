@@ -6,7 +6,9 @@ JPEG q=75 or 70, upscaled back) is embedded: its similarity to the original is w
 similarity of each original to its nearest *other* image is what distinct images score.
 Part 2 (speed): 100,000 random 512-d unit vectors with 2,000 planted near-copies; exact top-10
 search for 100 queries and the full duplicate pass (IVF index, as udml index builds at this size),
-the planted pairs are the ground truth for recall (--exact adds the brute-force pass, minutes).
+the planted pairs are the ground truth for recall; then what `udml duplicates` adds before it
+opens a file: random perceptual hashes joined at 6 bits, and the candidates for the local-feature
+check found on the IVF index (--exact adds the brute-force passes, minutes).
     python benchmarks/duplicates.py [--images 1000] [--parts small photo speed] [--exact]
     → results/duplicates.json (duplicates-<parts>.json for a subset of parts)
 """
@@ -104,10 +106,37 @@ def speed(n: int = 100_000, d: int = 512, planted: int = 2000, exact: bool = Fal
         "ivf_build_s": round(build, 2), "search_100_queries_s": round(search_s, 3),
         "duplicates_ivf_s": round(dup_s, 2), "planted_found_ivf": found, "groups_ivf": len(groups),
     }  # fmt: skip
+    # what `udml duplicates` adds by default before it opens any file: perceptual hashes (random
+    # here; each planted copy one bit from its source's) joined at 6 bits, and the candidates its
+    # local-feature check looks at (each row's 24 nearest ≥ 0.5, hashes ≤ 12 bits apart)
+    from udml_cli.index import joined_pairs
+    from udml_cli.verify import candidate_pairs
+
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    h[n - planted :] = h[src] ^ (np.uint64(1) << rng.integers(0, 64, planted).astype(np.uint64))
+    t = time.perf_counter()
+    r, c, s = joined_pairs(x, 0.95, index, h, 6)
+    groups = duplicate_groups(x, 0.95, pairs=(r, c, s))
+    out["duplicates_with_hashes_s"] = round(time.perf_counter() - t, 2)
+    pairs = set(zip(r.tolist(), c.tolist(), strict=True))
+    out["planted_found_with_hashes"] = sum(
+        (int(a), n - planted + i) in pairs for i, a in enumerate(src)
+    )
+    t = time.perf_counter()
+    cr, cc = candidate_pairs(x, h, index=index)
+    out["check_candidates_ivf_s"] = round(time.perf_counter() - t, 2)
+    cand = set(zip(cr.tolist(), cc.tolist(), strict=True))
+    out["check_candidates_ivf"] = len(cand)
     if exact:  # brute force over all pairs (a flat index): minutes at this size
         t = time.perf_counter()
         out["groups_exact"] = len(duplicate_groups(x, 0.95))
         out["duplicates_exact_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        er, ec = candidate_pairs(x, h)
+        out["check_candidates_exact_s"] = round(time.perf_counter() - t, 2)
+        every = set(zip(er.tolist(), ec.tolist(), strict=True))
+        out["check_candidates_exact"] = len(every)
+        out["exact_candidates_found_by_ivf"] = len(every & cand)
     return out
 
 

@@ -150,6 +150,15 @@ def test_candidates_match_a_brute_force_search():
              if bits(hashes[i] ^ hashes[j]) <= 3}  # fmt: skip
     assert BITS == 64 and (7, 40) in want
     assert set(zip(r.tolist(), c.tolist(), strict=True)) == want
+    # on an IVF index (a large folder's) looking in every cell (nprobe ≥ its 4 cells): the same
+    import faiss
+
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(8), 8, 4, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(x)
+    ivf.add(x)
+    assert verify.NPROBE >= 4
+    r, c = verify.candidate_pairs(x, hashes, floor=0.5, neighbours=4, hash_distance=3, index=ivf)
+    assert set(zip(r.tolist(), c.tolist(), strict=True)) == want and ivf.nprobe == 4
 
 
 def test_links_that_alone_bridge_two_groups_are_left_out():

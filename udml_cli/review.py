@@ -104,11 +104,12 @@ def find_duplicates(index, threshold: float | None = None, hash_distance: int | 
                          "off: drop one of the two")  # fmt: skip
     t, why = duplicate_threshold(index, threshold)
     d, joined = distance_of(index, hash_distance, no_hash)
-    pairs = joined_pairs(index.vectors, t, index.stored_faiss(), index.hashes, d)
+    searchable = index.stored_faiss()
+    pairs = joined_pairs(index.vectors, t, searchable, index.hashes, d)
     found = Found([], t, why, d, joined)
     if verify is not False:
         pairs = _verified(index, pairs, None if no_hash else index.hashes, verify, found,
-                          progress, verify_limit)  # fmt: skip
+                          progress, verify_limit, searchable)  # fmt: skip
     pairs, found.unsupported = supported(pairs, len(index.vectors))
     found.groups = review(duplicate_groups(index.vectors, t, pairs=pairs), pairs, index.files,
                           index.folder, keep)  # fmt: skip
@@ -137,7 +138,7 @@ def supported(pairs, n: int):
 
 
 def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress,
-              limit: int | None = None):  # fmt: skip
+              limit: int | None = None, searchable=None):  # fmt: skip
     """``pairs`` and the candidate pairs local features confirm (``found`` says how many)."""
     import numpy as np
 
@@ -154,7 +155,7 @@ def _verified(index, pairs, hashes, asked: bool | None, found: Found, progress,
     r, c, s = pairs
     limit = verify.CHECK_LIMIT if limit is None else limit
     got = verify.check_links([index.folder / p for p in index.paths], index.vectors, hashes, r, c,
-                             progress, limit=limit)  # fmt: skip
+                             progress, limit=limit, index=searchable)  # fmt: skip
     found.checked, found.verified = got["checked"], got["confirmed"]
     found.overruled, found.unchecked = got["overruled"], got["unchecked"]
     beyond = (

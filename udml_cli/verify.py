@@ -61,6 +61,7 @@ INSET = 0.2  # of each side: where a rotation's corners and a caption put their 
 MIN_MIDDLE = 4
 FLOOR = 0.5  # candidates: embedding similarity at least this …
 NEIGHBOURS = 24  # … among each image's nearest others
+NPROBE = 8  # cells an IVF index (large folders) looks in for them
 HASH_DISTANCE = 12  # and hashes at most this many bits apart
 CACHED = 4096  # images whose keypoints stay in memory (about 130 KB each)
 # looser candidates checked at most, the most similar first (the links are always checked). On 2
@@ -219,17 +220,24 @@ def is_other(inliers, coverage, texture):
 
 def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
                     floor: float = FLOOR, neighbours: int = NEIGHBOURS,
-                    hash_distance: int = HASH_DISTANCE) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                    hash_distance: int = HASH_DISTANCE, index=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Rows ``(a, b)``, ``a < b``, worth verifying: among each row's ``neighbours`` nearest (exact
-    inner product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart."""
+    inner product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart.
+    ``index``: the index's own faiss index over ``vectors``; an IVF one (from ``IVF_FROM`` rows)
+    finds the nearest among ``NPROBE`` cells instead of all rows (at 100,000 × 512 on 2 cores:
+    99 s exact, 13 s this way, every exact candidate found; BENCHMARKS.md, "Scale")."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
     keys = []
     if n > 1:
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
+        ivf = faiss.try_extract_index_ivf(index) if index is not None else None
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, NPROBE)
+        else:
+            index = faiss.IndexFlatIP(x.shape[1])
+            index.add(x)
         k = min(neighbours + 1, n)
         for start in range(0, n, 8192):
             sim, found = index.search(x[start : start + 8192], k)
@@ -295,7 +303,7 @@ def verify_pairs(paths: list[Path], rows: np.ndarray, cols: np.ndarray, progress
 
 def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | None,
                 rows: np.ndarray, cols: np.ndarray, progress=None, *,
-                limit: int) -> dict:  # fmt: skip
+                limit: int, index=None) -> dict:  # fmt: skip
     """Local features on the links ``(rows, cols)`` the embedding and hashes made (one stands
     when confirmed, or when a picture has too little texture to judge and the embedding
     similarity is at least ``FLOOR``) and on the looser ``candidate_pairs`` (at most
@@ -305,7 +313,7 @@ def check_links(paths: list[Path], vectors: np.ndarray, hashes: np.ndarray | Non
     the limit}``."""
     n = len(vectors)
     rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-    cr, cc = candidate_pairs(vectors, hashes)
+    cr, cc = candidate_pairs(vectors, hashes, index=index)
     new = ~np.isin(cr * n + cc, rows * n + cols)
     cr, cc = cr[new], cc[new]
     unchecked = max(0, len(cr) - limit)
