@@ -5,9 +5,9 @@ A sample of the indexed images is edited the ways people edit the pictures they 
 a caption; each original every kind once, mild or strong in turn) and each copy's similarity
 to its original is measured: the positives. The negatives are each image's look-alikes, found
 by one exact search over the index (nothing to embed; 20,000 images drawn beyond that): its
-most similar *other* image — unless
-that one is at least as close as a typical edited copy (the median of the sample's copies),
-which the embedding alone cannot tell from a copy the folder already holds. Local features can
+most similar *other* image — unless that one is at least as close as a typical edited copy
+(the median of the sample's copies), which the embedding alone cannot tell from a copy the
+folder already holds. Local features can
 (``negatives``, when OpenCV is installed): for a sample of the images that close to another (as
 many as ``walk_pictures`` pictures' keypoints allow: ~4 % of the embedding's time), the close
 neighbours are checked as ``udml duplicates`` checks a pair (``verify.py``), and every one
@@ -99,9 +99,9 @@ def sample_size(n: int) -> int:
 def sample_edits(i: int) -> list[tuple[str, str]]:
     """The edits the ``i``-th original of the sample gets: every kind once, mild and strong
     alternating (between kinds and between originals), so each kind is seen at both strengths
-    in equal numbers. Half of every (kind, strength) per original: on the copy benchmark the
-    threshold over 30 draws was the same (0.9615 ± 0.0008 against 0.9612 ± 0.0007) at half the
-    embedding (BENCHMARKS.md)."""
+    in equal numbers. Against both strengths of every kind for each original, the copy
+    benchmark's threshold over 30 draws was the same (0.9615 ± 0.0008 against 0.9612 ± 0.0007)
+    at half the embedding (BENCHMARKS.md, "Calibration cost")."""
     return [(k, STRENGTHS[(i + j) % len(STRENGTHS)]) for j, k in enumerate(KINDS)]
 
 
@@ -189,9 +189,10 @@ def walk_pictures(n: int) -> int:
     """Pictures whose keypoints the walk may find (the walked images and their close
     neighbours): finding and matching one 512 px picture's keypoints costs about what embedding
     an image does, up to 1.3× (75–100 ms against 76–80 ms on 2 cores), so 4 % of the images
-    (≤ ~5 % of the index's time; a 2,500 cap: ~3 % of 100,000), and 400 at least: on the copy benchmark (every image
-    with 16 close copies) that walks ~100 images, and the threshold over 30 draws was 0.9610 ±
-    0.0012 against 0.9616 walking every one (BENCHMARKS.md, "Calibration cost")."""
+    (≤ ~5 % of the index's time; a 2,500 cap: ~3 % of 100,000), and 400 at least: on the copy
+    benchmark (every image with 16 close copies) that walks ~100 images, and the threshold over
+    30 draws was 0.9610 ± 0.0012 against 0.9616 walking every one (BENCHMARKS.md, "Calibration
+    cost")."""
     return max(400, min(2500, n // 25))
 
 

@@ -221,10 +221,10 @@ def is_other(inliers, coverage, texture):
 def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
                     floor: float = FLOOR, neighbours: int = NEIGHBOURS,
                     hash_distance: int = HASH_DISTANCE, index=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Rows ``(a, b)``, ``a < b``, worth verifying: among each row's ``neighbours`` nearest (exact
-    inner product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart.
-    ``index``: the index's own faiss index over ``vectors``; an IVF one (from ``IVF_FROM`` rows)
-    finds the nearest among ``NPROBE`` cells instead of all rows (at 100,000 × 512 on 2 cores:
+    """Rows ``(a, b)``, ``a < b``, worth verifying: among each row's ``neighbours`` nearest (inner
+    product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart.
+    ``index``: the index's own faiss index over ``vectors`` (none: an exact one is built); an
+    IVF one (from ``IVF_FROM`` rows) finds the nearest among ``NPROBE`` cells instead of all rows (at 100,000 × 512 on 2 cores:
     99 s exact, 13 s this way, every exact candidate found; BENCHMARKS.md, "Scale")."""
     import faiss
 
@@ -235,7 +235,7 @@ def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
         ivf = faiss.try_extract_index_ivf(index) if index is not None else None
         if ivf is not None:
             ivf.nprobe = min(ivf.nlist, NPROBE)
-        else:
+        elif index is None:
             index = faiss.IndexFlatIP(x.shape[1])
             index.add(x)
         k = min(neighbours + 1, n)
