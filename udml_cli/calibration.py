@@ -243,8 +243,9 @@ def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progres
     order = rng.permutation(close)[: walk_size(len(paths))]
     sim, found = index.search(np.ascontiguousarray(vectors[order], np.float32),
                               min(verify.NEIGHBOURS + 1, len(vectors)))  # fmt: skip
-    walk = np.sort(order[: walk_prefix(order, sim, found, floor, walk_pictures(len(paths)))])
-    judged, first = judged_negatives(vectors, paths, walk, floor, progress, index)
+    k = walk_prefix(order, sim, found, floor, walk_pictures(len(paths)))
+    walk = order[:k]
+    judged, first = judged_negatives(paths, walk, sim[:k], found[:k], floor, progress)
     sims = np.concatenate([cheap, judged, first]).astype(np.float32)
     w = np.concatenate(
         [np.ones(len(cheap)), np.full(len(judged) + len(first), len(close) / len(walk))]
@@ -252,17 +253,15 @@ def negatives(vectors: np.ndarray, paths: list[Path], floor: float, rng, progres
     return Negatives(sims, w, len(asked), len(judged))
 
 
-def judged_negatives(vectors: np.ndarray, paths: list[Path], rows: np.ndarray, floor: float,
-                     progress=None, index=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``(judged, first)`` for ``rows``, whose nearest other is at least ``floor`` similar:
-    among each row's nearest others (at most ``verify.NEIGHBOURS``), the similarities of every
-    one at least ``floor`` similar that local features say is another picture (both textured,
-    no transform maps one onto the other), and of the first below ``floor``."""
+def judged_negatives(paths: list[Path], rows: np.ndarray, sim: np.ndarray, found: np.ndarray,
+                     floor: float, progress=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(judged, first)`` for ``rows``, whose nearest other is at least ``floor`` similar
+    (``sim``, ``found``: each row's nearest, itself among them, at most ``verify.NEIGHBOURS``
+    others): the similarities of every neighbour at least ``floor`` similar that local features
+    say is another picture (both textured, no transform maps one onto the other), and of the
+    first below ``floor``."""
     from udml_cli import verify
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = _flat(x) if index is None else index
-    sim, found = index.search(x[rows], min(verify.NEIGHBOURS + 1, len(x)))
     mine = (found != rows[:, None]) & (found >= 0)
     look = mine & (sim >= floor)
     r, c = np.repeat(rows, look.sum(1)), found[look]

@@ -224,8 +224,9 @@ def candidate_pairs(vectors: np.ndarray, hashes: np.ndarray | None = None,
     """Rows ``(a, b)``, ``a < b``, worth verifying: among each row's ``neighbours`` nearest (inner
     product) with similarity ≥ ``floor``, or hashes at most ``hash_distance`` bits apart.
     ``index``: the index's own faiss index over ``vectors`` (none: an exact one is built); an
-    IVF one (from ``IVF_FROM`` rows) finds the nearest among ``NPROBE`` cells instead of all rows (at 100,000 × 512 on 2 cores:
-    99 s exact, 13 s this way, every exact candidate found; BENCHMARKS.md, "Scale")."""
+    IVF one (from ``IVF_FROM`` rows) finds the nearest among ``NPROBE`` cells instead of all
+    rows (at 100,000 × 512 on 2 cores: 99 s exact, 13 s this way, every exact candidate found;
+    BENCHMARKS.md, "Scale")."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
