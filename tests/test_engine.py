@@ -63,3 +63,22 @@ def test_threads_are_set_only_on_a_change(monkeypatch):
     assert calls == []
     eng.use_threads(torch.get_num_threads() + 1)
     assert calls == [torch.get_num_threads() + 1]
+
+
+def test_running_tells_a_live_process_from_a_dead_or_exiting_one():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from udml_cli.engine import PF_EXITING, _running
+
+    assert _running(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        pass  # exited, not reaped: a zombie
+    assert not _running(child.pid)
+    child.wait()
+    assert not _running(child.pid)  # gone altogether
+    assert PF_EXITING == 0x4  # include/linux/sched.h

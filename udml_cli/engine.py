@@ -41,12 +41,7 @@ class Engine:
         if len(self.pids) != self.world_size:
             return None
         for rank, pid in enumerate(self.pids):
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    state = fh.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in ("Z", "X"):  # a zombie is dead, only not reaped yet
+            if _running(pid):
                 return rank
         return None
 
@@ -286,6 +281,22 @@ def deferred_signals():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+PF_EXITING = 0x4  # the kernel's task flag, set as a process starts to exit (linux/sched.h)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs and is not on its way out: a zombie is dead, only not reaped
+    yet, and a killed process closes its sockets (which is how its peers learn it is gone)
+    while still in state R or D, with PF_EXITING already set."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        state, flags = fields[0], int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return False
+    return state not in ("Z", "X") and not flags & PF_EXITING
 
 
 def _interrupt(signum, frame):
