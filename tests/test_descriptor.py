@@ -151,3 +151,13 @@ def test_a_grid_named_twice_or_out_of_range_is_one_line(cli, tmp_path):
                 tmp_path / "run")  # fmt: skip
         assert r.code == 2 and says in r.err and "Traceback" not in r.err, r.err
         assert len(r.err.strip().splitlines()) == 1
+
+
+def test_all_names_every_stage():
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        every = _tiny(layers=["all"], grid=[1, 4]).eval().features(x)
+        named = _tiny(layers=["conv1", "conv2"], grid=[1, 4]).eval().features(x)
+    torch.testing.assert_close(every, named, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'all' stands alone"):
+        ModelConfig(layers=["all", "last"])

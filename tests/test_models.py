@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
 from udml_cli.config import ModelConfig
 from udml_cli.errors import UsageError
 from udml_cli.models.backbones import create_backbone, names
+from udml_cli.models.heads import EmbeddingHead
 from udml_cli.models.net import build_model
 
 
@@ -29,6 +31,40 @@ def test_pca_head_keeps_the_leading_directions():
     assert w[:, -2:].norm(dim=1).min() > 0.99  # both rows live on the two widest dimensions
     assert w[0, -1].abs() > 0.98  # the widest first
     torch.testing.assert_close(w @ w.T, torch.eye(2), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n", [40, 300])  # fewer images than dimensions (the Gram path), more
+def test_whiten_head_is_sklearns_pca_whitening(n):
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(1)
+    scale = torch.linspace(0.2, 4.0, 64)
+    feats = (torch.randn(n, 64, generator=g) * scale + 3.0).double().numpy()
+    head = EmbeddingHead(64, 8)
+    head.init_whiten(feats, shrink=0.0)
+    with torch.no_grad():
+        mine = head.fc(torch.from_numpy(feats).float()).double().numpy()
+    ref = PCA(n_components=8, whiten=True, svd_solver="full").fit_transform(feats)
+    # the same directions up to each one's sign, each scaled to unit variance
+    np.testing.assert_allclose(np.abs(mine), np.abs(ref), atol=2e-3, rtol=0)
+    np.testing.assert_allclose(mine.var(0, ddof=1), np.ones(8), atol=1e-3)
+
+
+def test_whiten_head_shrinks_each_variance_as_worked_by_hand():
+    # three directions with variances 9, 4, 1 (mean 14/3): shrink s gives λ / (λ + s·14/3)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(5000, 3, generator=g).double()
+    z = (z - z.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T  # exactly white
+    feats = (z * torch.tensor([3.0, 2.0, 1.0]).double()).numpy()
+    head = EmbeddingHead(3, 3)
+    head.init_whiten(feats, shrink=0.5)
+    with torch.no_grad():
+        out = head.fc(torch.from_numpy(feats).float()).double()
+    lam = np.array([9.0, 4.0, 1.0])
+    np.testing.assert_allclose(out.var(0).numpy(), lam / (lam + 0.5 * 14 / 3), rtol=1e-3)
+    # few images: only as many directions as the images span, the other rows zero
+    head.init_whiten(feats[:3], shrink=0.1)
+    assert (head.fc.weight[2:] == 0).all() and head.fc.weight[:2].abs().sum() > 0
 
 
 def test_lite0_offline_weights_and_normalisation():

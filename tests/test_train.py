@@ -252,3 +252,23 @@ def test_tensorboard_asked_for_but_missing_or_without_jsonl(cli, layout, tmp_pat
     r = cli("train", "--dataset", layout, "--out", tmp_path / "r", *TINY,
             "--set", 'train.log=["tensorboard"]')  # fmt: skip
     assert r.code == 2 and 'always holds "jsonl"' in r.err
+
+
+def test_whiten_head_starts_from_the_training_images(cli, layout, tmp_path):
+    # lr ~0: the checkpoint keeps the start, the training features' PCA-whitening: orthogonal
+    # rows, each scaled by 1/sqrt(its variance + shrinkage), the widest direction first
+    out = tmp_path / "run"
+    r = _train(cli, layout, out, "--epochs", "1", "--set", "model.head_init=whiten",
+               "--set", "model.dim=4", "--set", "train.lr=1e-12", "--set", "train.head_lr=1e-12",
+               "--set", "train.rot_lr=1e-12")  # fmt: skip
+    assert r.code == 0, r.err
+    w = torch.load(out / "last.pt", weights_only=True)["model"]["head.fc.weight"].double()
+    gram = w @ w.T
+    off = gram - torch.diag(torch.diagonal(gram))
+    assert off.abs().max() < 1e-4 * gram.diagonal().max()
+    assert (gram.diagonal().diff() > 0).all()  # 1/(λ + s·mean λ), λ falling
+    r = cli("train", "--dataset", layout, "--out", tmp_path / "stml", *TINY,
+            "--set", "train.method=stml", "--set", "stml.neighbors=4",
+            "--set", "model.head_init=whiten")  # fmt: skip
+    assert r.code != 0 and "model.head_init = whiten is for udml-ss and invariance" in r.err
+    assert "Traceback" not in r.err

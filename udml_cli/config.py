@@ -87,7 +87,8 @@ class ModelConfig(_Section):
         description="stages pooled into the descriptor, each L2-normalised, concatenated: "
         "'last' (the final feature) and/or the backbone's stages (e.g. 'block10' of "
         "efficientnet_lite0, 'layer3' of resnet50; a wrong name lists them); ['auto']: udml "
-        "train picks the stage with the highest label-free score on the training images",
+        "train picks the stage with the highest label-free score on the training images; "
+        "['all']: every stage the backbone names (not 'last')",
     )
     grid: _Grid | Annotated[list[_Grid], Field(min_length=1, max_length=4)] = Field(
         1,
@@ -96,9 +97,10 @@ class ModelConfig(_Section):
         "stage at each of those grids, each part L2-normalised (a pyramid: [1, 4] = the whole "
         "map and a 4x4 grid)",
     )  # fmt: skip
-    head_init: Literal["random", "pca", "identity", "orthogonal"] = Field(
+    head_init: Literal["random", "pca", "whiten", "identity", "orthogonal"] = Field(
         "random",
-        description="embedding head init: random (paper), PCA of the start features, identity "
+        description="embedding head init: random (paper), PCA of the start features, whiten "
+        "(their PCA-whitening, learned on the training images without labels), identity "
         "(needs dim = backbone feature size: training starts exactly at the pretrained metric), "
         "or orthogonal with zero bias (STML's code)",
     )
@@ -107,6 +109,8 @@ class ModelConfig(_Section):
     def _layers_once(self) -> ModelConfig:
         if "auto" in self.layers and self.layers != ["auto"]:
             raise ValueError("model.layers: 'auto' stands alone (udml train picks one stage)")
+        if "all" in self.layers and self.layers != ["all"]:
+            raise ValueError("model.layers: 'all' stands alone (it names every stage already)")
         if isinstance(self.grid, list) and len(set(self.grid)) < len(self.grid):
             raise ValueError(f"model.grid {self.grid} names a grid twice; name each once")
         twice = sorted({x for x in self.layers if self.layers.count(x) > 1})

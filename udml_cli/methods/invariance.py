@@ -99,8 +99,8 @@ class Invariance(UdmlSS):
     def refresh(self, epoch: int, first: bool) -> None:
         if self.clustering:
             return super().refresh(epoch, first)
-        if first and self.cfg.model.head_init == "pca":
-            self.run.model.head.init_pca(self.run.trainer.features())
+        if first and self.cfg.model.head_init in ("pca", "whiten"):
+            self.run.model.head.init_from(self.run.trainer.features(), self.cfg.model.head_init)
         n = len(self.run.trainer.images)
         # one pseudo-class: the checkpoint keeps UDML-SS's fields
         self.pseudo_labels, self.centroids = np.zeros(n, np.int64), np.zeros((1, 1), np.float32)

@@ -37,8 +37,11 @@ class Stml(Method):
                 f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                 f"stml.neighbors ({cfg.stml.neighbors})"
             )
-        if cfg.model.head_init == "pca":
-            raise ValueError("model.head_init = pca is for udml-ss; use orthogonal or identity")
+        if cfg.model.head_init in ("pca", "whiten"):
+            raise ValueError(
+                f"model.head_init = {cfg.model.head_init} is for udml-ss and invariance; use "
+                "orthogonal or identity"
+            )
 
     @classmethod
     def heads(cls, cfg, feat_dim: int) -> dict[str, nn.Module]:

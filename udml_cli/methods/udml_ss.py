@@ -115,8 +115,8 @@ class UdmlSS(Method):
         c, run = self.cfg.cluster, self.run
         kind = c.first_feature if first and c.first_feature != "same" else c.feature
         raw = run.trainer.features()
-        if first and self.cfg.model.head_init == "pca":
-            run.model.head.init_pca(raw)  # from the first clustering's features
+        if first and self.cfg.model.head_init in ("pca", "whiten"):
+            run.model.head.init_from(raw, self.cfg.model.head_init)  # the first clustering's
         x = self._feature(raw, kind)
         # warm start only from centroids of the same feature (the original, too, starts the
         # first embedding clustering after a pool5 one from k-means++)

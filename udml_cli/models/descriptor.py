@@ -3,7 +3,7 @@
 A backbone maps images to its final pooled feature. ``pool = "gem"`` replaces its final global
 average pooling with generalised-mean pooling (a learnable exponent p, starting at 3; Radenović
 et al., TPAMI 2018). ``layers`` names the stages to pool (``Backbone.stages``: ``layer3`` of a
-ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature): each is pooled,
+ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature; ``all``: every stage): each is pooled,
 L2-normalised, and the parts are concatenated, so every stage counts alike whatever its scale.
 ``grid = g`` pools each named stage over a g×g grid of regions instead of the whole map (C·g²
 values: where things are in the picture counts, as in raw pixels; ``last`` stays global);
@@ -153,6 +153,10 @@ def describe(backbone, pool: str, layers: list[str], name: str, grid: int | list
             "model.layers = ['auto'] is chosen by udml train on its training images; for a "
             "start, name the stages (udml eval --label-free --each-layer ranks them)"
         )
+    if list(layers) == ["all"]:
+        if not backbone.stages:
+            raise UsageError(f"model.layers = ['all']: backbone {name} names no stages")
+        layers = list(backbone.stages)
     if pool == "gem" and "last" in layers:
         _use_gem_at_the_end(backbone.module, name)
     if list(layers) == ["last"]:

@@ -7,6 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# model.head_init = "whiten": the shrinkage of each direction's variance towards their mean, and
+# the most images the fit reads (both chosen on emoji: BENCHMARKS "Whitening")
+WHITEN_SHRINK = 0.1
+WHITEN_ROWS = 10_000
+
 
 class EmbeddingHead(nn.Module):
     def __init__(self, in_dim: int, dim: int) -> None:
@@ -29,6 +34,10 @@ class EmbeddingHead(nn.Module):
         self.fc.weight.copy_(torch.eye(self.fc.in_features))
         self.fc.bias.zero_()
 
+    def init_from(self, feats: np.ndarray, kind: str) -> None:
+        """``head_init`` = ``pca`` or ``whiten``, from the training images' features."""
+        (self.init_whiten if kind == "whiten" else self.init_pca)(feats)
+
     @torch.no_grad()
     def init_pca(self, feats: np.ndarray) -> None:
         """Project onto the top principal directions of ``feats``: the head starts as a whitening-free
@@ -44,6 +53,38 @@ class EmbeddingHead(nn.Module):
         weight[:q] = v.T
         self.fc.weight.copy_(weight)
         self.fc.bias.copy_(-(weight @ mean))
+
+    @torch.no_grad()
+    def init_whiten(self, feats: np.ndarray, shrink: float = WHITEN_SHRINK,
+                    rows: int = WHITEN_ROWS) -> None:  # fmt: skip
+        """PCA-whitening learned on ``feats`` (the training images' descriptors, no labels): the
+        top principal directions, each divided by sqrt(λ + shrink·mean λ) (λ: its variance, the
+        mean over the kept directions), so no direction the images vary much along dominates the
+        similarity. shrink = 0 is ``sklearn.decomposition.PCA(whiten=True)``; the shrinkage keeps
+        low-variance directions from being blown up into noise. At most ``rows`` images are used
+        (a fixed sample beyond: the fit is O(rows²·dim)). BENCHMARKS "Whitening"."""
+        x = np.asarray(feats, dtype=np.float64)
+        if len(x) > rows:
+            x = x[np.sort(np.random.default_rng(0).choice(len(x), rows, replace=False))]
+        x = torch.from_numpy(x)
+        mean = x.mean(0)
+        xc = x - mean
+        if len(xc) < xc.shape[1]:  # fewer images than dimensions: eigenvectors of the Gram matrix
+            val, u = torch.linalg.eigh(xc @ xc.T)
+            keep = val > 1e-9 * val.max().clamp(min=1e-300)
+            val, u = val[keep], u[:, keep]
+            vecs = (xc.T @ u) / val.sqrt()
+        else:
+            val, vecs = torch.linalg.eigh(xc.T @ xc)
+            keep = val > 1e-9 * val.max().clamp(min=1e-300)
+            val, vecs = val[keep], vecs[:, keep]
+        q = min(self.fc.out_features, len(val))
+        lam = val[-q:].flip(0) / max(len(xc) - 1, 1)  # the covariance's eigenvalues, largest first
+        v = vecs[:, -q:].flip(1) / (lam + shrink * lam.mean()).sqrt()
+        weight = torch.zeros_like(self.fc.weight)
+        weight[:q] = v.T.float()
+        self.fc.weight.copy_(weight)
+        self.fc.bias.copy_(-(weight @ mean.float()))
 
 
 class RotationHead(nn.Module):
