@@ -16,6 +16,7 @@ if ! registered icons; then  # the icon themes are Debian packages the tests do 
   udml dataset prepare icons --out data/icons --yes
 fi
 python3 benchmarks/baselines.py --datasets emoji fashion-mnist icons
+python3 benchmarks/whitening.py --datasets icons emoji fashion-mnist
 python3 benchmarks/loss.py
 python3 benchmarks/channels_last.py
 python3 benchmarks/serve.py   # Debian chromium + chromium-driver (scripts/setup.sh)

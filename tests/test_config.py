@@ -22,7 +22,9 @@ def test_defaults_are_the_official_cub_recipe():
     assert (c.data.image_size, c.data.resize, c.data.crop_scale_min) == (227, 256, 0.16)
 
 
-@pytest.mark.parametrize("name", ["cub", "cars", "sop", "demo", "demo-fashion-mnist", "photos"])
+@pytest.mark.parametrize(
+    "name", ["cub", "cars", "sop", "demo", "demo-fashion-mnist", "photos", "drawings"]
+)
 def test_templates_load(name):
     path = TEMPLATES / f"{name}.toml"
     cfg = load_config(path).model_dump(mode="json")
