@@ -63,10 +63,10 @@ def run_dataset(dataset: str) -> None:
     sizes = model.backbone.part_sizes()
     at = np.cumsum([0, *sizes])
     t0 = time.perf_counter()
+    plain_train = ImageDataset.evaluated(train_s, cfg.data)
     test, _ = extract(model.features, ImageDataset.evaluated(test_s, cfg.data), engine, 128)
-    train, _ = extract(model.features, ImageDataset.evaluated(train_s, cfg.data), engine, 128)
-    copies = copy_embeddings(model, cfg, ImageDataset.evaluated(train_s, cfg.data), engine,
-                             forward="features")  # fmt: skip
+    train, _ = extract(model.features, plain_train, engine, 128)
+    copies = copy_embeddings(model, cfg, plain_train, engine, forward="features")
     extract_s = time.perf_counter() - t0
     pixels, _ = extract(lambda im: im.flatten(1), ImageDataset(test_s, Squash(16), size=16),
                         engine, 256)  # fmt: skip

@@ -23,6 +23,7 @@ from udml_cli.errors import UsageError
 from udml_cli.losses import koleo, nt_xent, weight_loss
 from udml_cli.methods.base import TrainingForward
 from udml_cli.methods.udml_ss import UdmlSS
+from udml_cli.models.heads import FITTED
 
 
 class Invariance(UdmlSS):
@@ -99,7 +100,7 @@ class Invariance(UdmlSS):
     def refresh(self, epoch: int, first: bool) -> None:
         if self.clustering:
             return super().refresh(epoch, first)
-        if first and self.cfg.model.head_init in ("pca", "whiten"):
+        if first and self.cfg.model.head_init in FITTED:
             self.run.model.head.init_from(self.run.trainer.features(), self.cfg.model.head_init)
         n = len(self.run.trainer.images)
         # one pseudo-class: the checkpoint keeps UDML-SS's fields

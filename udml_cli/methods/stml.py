@@ -22,6 +22,7 @@ from udml_cli.data.sampler import NeighbourSampler
 from udml_cli.errors import CheckpointError, UsageError
 from udml_cli.losses import stml_loss
 from udml_cli.methods.base import Method, TrainingForward
+from udml_cli.models.heads import FITTED
 
 
 class Stml(Method):
@@ -37,7 +38,7 @@ class Stml(Method):
                 f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                 f"stml.neighbors ({cfg.stml.neighbors})"
             )
-        if cfg.model.head_init in ("pca", "whiten"):
+        if cfg.model.head_init in FITTED:
             raise ValueError(
                 f"model.head_init = {cfg.model.head_init} is for udml-ss and invariance; use "
                 "orthogonal or identity"

@@ -20,7 +20,7 @@ from udml_cli.data.sampler import PKSampler
 from udml_cli.errors import CheckpointError, TrainingError, UsageError, note
 from udml_cli.losses import rotate_batch, rotation_draw, rotation_loss, weight_loss
 from udml_cli.methods.base import Method, TrainingForward
-from udml_cli.models.heads import RotationHead
+from udml_cli.models.heads import FITTED, RotationHead
 
 
 class UdmlSS(Method):
@@ -115,7 +115,7 @@ class UdmlSS(Method):
         c, run = self.cfg.cluster, self.run
         kind = c.first_feature if first and c.first_feature != "same" else c.feature
         raw = run.trainer.features()
-        if first and self.cfg.model.head_init in ("pca", "whiten"):
+        if first and self.cfg.model.head_init in FITTED:
             run.model.head.init_from(raw, self.cfg.model.head_init)  # the first clustering's
         x = self._feature(raw, kind)
         # warm start only from centroids of the same feature (the original, too, starts the

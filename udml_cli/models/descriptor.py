@@ -3,8 +3,9 @@
 A backbone maps images to its final pooled feature. ``pool = "gem"`` replaces its final global
 average pooling with generalised-mean pooling (a learnable exponent p, starting at 3; Radenović
 et al., TPAMI 2018). ``layers`` names the stages to pool (``Backbone.stages``: ``layer3`` of a
-ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature; ``all``: every stage): each is pooled,
-L2-normalised, and the parts are concatenated, so every stage counts alike whatever its scale.
+ResNet, ``block10`` of EfficientNet-Lite …, ``last`` for the final feature; ``all``: every
+stage): each is pooled, L2-normalised, and the parts are concatenated, so every stage counts
+alike whatever its scale.
 ``grid = g`` pools each named stage over a g×g grid of regions instead of the whole map (C·g²
 values: where things are in the picture counts, as in raw pixels; ``last`` stays global);
 ``grid = [1, 4]`` pools each stage both ways, each part L2-normalised (a spatial pyramid: the

@@ -11,6 +11,8 @@ from torch.nn import functional as F
 # the most images the fit reads (both chosen on emoji: BENCHMARKS "Whitening")
 WHITEN_SHRINK = 0.1
 WHITEN_ROWS = 10_000
+# the model.head_init values fitted to the training images' features at the first refresh
+FITTED = ("pca", "whiten")
 
 
 class EmbeddingHead(nn.Module):
@@ -35,7 +37,7 @@ class EmbeddingHead(nn.Module):
         self.fc.bias.zero_()
 
     def init_from(self, feats: np.ndarray, kind: str) -> None:
-        """``head_init`` = ``pca`` or ``whiten``, from the training images' features."""
+        """``head_init`` = one of ``FITTED``, from the training images' features."""
         (self.init_whiten if kind == "whiten" else self.init_pca)(feats)
 
     @torch.no_grad()
@@ -47,12 +49,7 @@ class EmbeddingHead(nn.Module):
         q = min(self.fc.out_features, x.shape[1])
         # exact and deterministic: eigenvectors of the covariance, largest eigenvalues first
         _, vecs = torch.linalg.eigh((x - mean).T @ (x - mean))
-        v = vecs[:, -q:].flip(1).float()
-        mean = mean.float()
-        weight = torch.zeros_like(self.fc.weight)
-        weight[:q] = v.T
-        self.fc.weight.copy_(weight)
-        self.fc.bias.copy_(-(weight @ mean))
+        self._project(vecs[:, -q:].flip(1), mean)
 
     @torch.no_grad()
     def init_whiten(self, feats: np.ndarray, shrink: float = WHITEN_SHRINK,
@@ -69,20 +66,20 @@ class EmbeddingHead(nn.Module):
         x = torch.from_numpy(x)
         mean = x.mean(0)
         xc = x - mean
-        if len(xc) < xc.shape[1]:  # fewer images than dimensions: eigenvectors of the Gram matrix
-            val, u = torch.linalg.eigh(xc @ xc.T)
-            keep = val > 1e-9 * val.max().clamp(min=1e-300)
-            val, u = val[keep], u[:, keep]
-            vecs = (xc.T @ u) / val.sqrt()
-        else:
-            val, vecs = torch.linalg.eigh(xc.T @ xc)
-            keep = val > 1e-9 * val.max().clamp(min=1e-300)
-            val, vecs = val[keep], vecs[:, keep]
+        gram = len(xc) < xc.shape[1]  # fewer images than dimensions: the Gram matrix's eigenvectors
+        val, u = torch.linalg.eigh(xc @ xc.T if gram else xc.T @ xc)
+        keep = val > 1e-9 * val.max().clamp(min=1e-300)  # the directions the images span
+        val, u = val[keep], u[:, keep]
+        vecs = (xc.T @ u) / val.sqrt() if gram else u
         q = min(self.fc.out_features, len(val))
         lam = val[-q:].flip(0) / max(len(xc) - 1, 1)  # the covariance's eigenvalues, largest first
-        v = vecs[:, -q:].flip(1) / (lam + shrink * lam.mean()).sqrt()
+        self._project(vecs[:, -q:].flip(1) / (lam + shrink * lam.mean()).sqrt(), mean)
+
+    def _project(self, directions: torch.Tensor, mean: torch.Tensor) -> None:
+        """The head's first rows onto ``directions`` (columns) of the centred feature, the rest
+        zero."""
         weight = torch.zeros_like(self.fc.weight)
-        weight[:q] = v.T.float()
+        weight[: directions.shape[1]] = directions.T.float()
         self.fc.weight.copy_(weight)
         self.fc.bias.copy_(-(weight @ mean.float()))
 

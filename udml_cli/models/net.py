@@ -102,8 +102,8 @@ def trainable_backbone(model, fraction: float) -> list:
 
 def init_head(model, cfg) -> None:
     """The embedding head's start that needs no data: ``identity`` (training starts at the
-    pretrained metric) or ``random`` (as built). ``pca`` is set from the first clustering's
-    features by the trainer (``head.init_pca``)."""
+    pretrained metric) or ``random`` (as built). ``pca`` and ``whiten`` are set from the first
+    clustering's features by the trainer (``head.init_from``)."""
     if cfg.head_init == "identity":
         model.head.init_identity()
     elif cfg.head_init == "orthogonal":  # STML's code (a method's heads init their own)
