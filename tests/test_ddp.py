@@ -160,6 +160,22 @@ def test_without_nproc_and_shards():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+def test_a_launched_process_ends_with_its_own_exit_code_and_output():
+    """Under the launcher (TORCHELASTIC_RUN_ID set) a process ends by os._exit after its work:
+    gloo's threads torn down at exit aborted a finished rank now and then. What it printed and
+    its exit status must come out as a plain run's do."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test"}
+    cases = [(["--version"], 0, "stdout"), (["train", "--no-such-flag"], 2, "stderr"),
+             (["eval", "--backbone", "nope", "--dataset", "nope"], 2, "stderr")]  # fmt: skip
+    for args, code, where in cases:
+        plain = subprocess.run([sys.executable, "-m", "udml_cli", *args], capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+        launched = subprocess.run([sys.executable, "-m", "udml_cli", *args], capture_output=True,
+                                  text=True, timeout=120, env=env)  # fmt: skip
+        assert plain.returncode == launched.returncode == code, (args, launched.stderr)
+        assert getattr(launched, where).strip() == getattr(plain, where).strip() != ""
+
+
 def test_stml_in_two_processes_follows_one(layout, tmp_path):
     """STML gathers f, g and the teacher's g view by view: the single-process row order. With
     Adam the curves agree to 1e-6 (AdamP's projection test amplifies rounding more)."""
