@@ -104,3 +104,16 @@ def test_local_weights_file(tmp_path):
     (tmp_path / "bad.pth").write_text("nope")
     with pytest.raises(Exception, match="cannot load weights"):
         create_backbone("resnet18", str(tmp_path / "bad.pth"))
+
+
+def test_a_head_past_one_gib_is_said_before_it_is_built():
+    from udml_cli.models.net import head_size_note
+
+    # every stage of Lite0 as a pyramid, model.dim = auto: 30,736^2 float32 values = 3.5 GiB
+    said = head_size_note(30_736, 30_736)
+    assert said is not None and "30,736 x 30,736" in said and "3.5 GiB" in said
+    assert "model.dim" in said
+    assert head_size_note(30_736, 256) is None  # whitened to 256: 31 MB
+    assert head_size_note(3264, 3264) is None  # the photos template's identity head: 43 MB
+    assert head_size_note(16_384, 16_384) is not None  # exactly 1 GiB
+    assert head_size_note(16_384, 16_383) is None

@@ -78,8 +78,29 @@ def build_model(
     backbone = create_backbone(cfg.backbone, weights or cfg.weights, quiet=quiet)
     backbone = describe(backbone, cfg.pool, cfg.layers, cfg.backbone, cfg.grid)
     dim = backbone.feat_dim if cfg.dim == "auto" else cfg.dim
+    said = head_size_note(backbone.feat_dim, dim) if head and not quiet else None
+    if said:
+        from udml_cli.errors import note
+
+        note(said)
     return EmbeddingNet(backbone, dim if head else None, dropout=cfg.dropout,
                         heads=heads if head else None)  # fmt: skip
+
+
+HEAD_NOTE_BYTES = 2**30  # a head past 1 GiB of float32 weights is said before it is built
+
+
+def head_size_note(feat_dim: int, dim: int) -> str | None:
+    """What to tell a user whose embedding head is very large (``model.dim = "auto"`` on a wide
+    descriptor, e.g. every stage's pyramid: 30,736 x 30,736 values), else None."""
+    size = 4 * feat_dim * dim
+    if size < HEAD_NOTE_BYTES:
+        return None
+    return (
+        f"the embedding head is {feat_dim:,} x {dim:,} values ({size / 2**30:.1f} GiB, and "
+        "training keeps about as much again per optimiser state); a smaller model.dim "
+        "(e.g. --set model.dim=256 with model.head_init = whiten or pca) keeps it small"
+    )
 
 
 def build_network(cfg, weights: str | None = None, quiet: bool = False) -> EmbeddingNet:
