@@ -5,8 +5,8 @@ has; udml itself comes from the wheel alone), ``HOME`` holds a ``photos/`` folde
 images with a broken file and a text file, and each command of the tour's first block runs in
 bash from another directory. Two things differ from a person's run, both said here: every
 ``udml train`` line gets ``--epochs 1`` (the photos recipe is 10 epochs at 128 px, several
-minutes on a CPU), and the labelled set the last line evaluates on (``emoji``) is a small synthetic labelled layout
-registered under that name (the real one is prepared by the demo).
+minutes on a CPU), and the labelled set the last line evaluates on (``emoji``) is a small
+synthetic labelled layout registered under that name (the real one is prepared by the demo).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def build_model(
                         heads=heads if head else None)  # fmt: skip
 
 
-HEAD_NOTE_BYTES = 2**30  # a head past 1 GiB of float32 weights is said before it is built
+HEAD_NOTE_BYTES = 2**30  # a head of 1 GiB of float32 weights or more is said before it is built
 
 
 def head_size_note(feat_dim: int, dim: int) -> str | None:
