@@ -19,6 +19,7 @@ The datasets must be prepared first (benchmarks/run_all.sh does it): `udml datas
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -91,23 +92,29 @@ def score(model, cfg, ref, engine, t0: float, subgroups: bool) -> dict:
     return metrics
 
 
-def selection(run: Path) -> dict:
-    """With ``train.eval_step`` set: the R@1 of the evaluation the label-free score ranks
-    highest, the best R@1 of the run's evaluations, and the label-free score's rank correlation
-    with R@1 over them (the start included)."""
-    import json
-
+def selection(run: Path) -> tuple[dict, list[dict]]:
+    """With ``train.eval_step`` set: the R@1 and NMI of the evaluation the label-free score ranks
+    highest, the best of the run's evaluations, and the label-free score's rank correlation with
+    each over them; and every evaluation's R@1, NMI, MAP@R and label-free score (the trace
+    ``benchmarks/selection_summary.py`` pools over runs)."""
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval" and "recall_at" in r and "label_free" in r]
+    trace = [{"epoch": e["epoch"], "R@1": 100 * e["recall_at"]["1"], "NMI": 100 * e["nmi"],
+              "MAP@R": 100 * e["map_at_r"], "label_free": e["label_free"]["score"]}
+             for e in evals]  # fmt: skip
     if len(evals) < 2:
-        return {}
-    r1 = [100 * e["recall_at"]["1"] for e in evals]
-    free = [e["label_free"]["score"] for e in evals]
+        return {}, trace
     from scipy.stats import spearmanr
 
-    pick = max(range(len(evals)), key=lambda i: free[i])
-    return {"label-free pick R@1": r1[pick], "best eval R@1": max(r1),
-            "label-free rho": float(spearmanr(free, r1).statistic)}  # fmt: skip
+    free = [t["label_free"] for t in trace]
+    pick = max(range(len(trace)), key=lambda i: free[i])
+    out = {}
+    for m in ("R@1", "NMI"):
+        values = [t[m] for t in trace]
+        rho = spearmanr(free, values).statistic  # nan when every value ties
+        out.update({f"label-free pick {m}": values[pick], f"best eval {m}": max(values),
+                    "label-free rho" + ("" if m == "R@1" else f" {m}"): float(rho)})  # fmt: skip
+    return out, trace
 
 
 def main() -> None:
@@ -132,6 +139,7 @@ def main() -> None:
     for dataset in args.datasets:
         res = Results(f"{args.name}-{dataset}")
         table: dict[tuple, list[dict]] = {}
+        traces: list[dict] = []
         base = load_config(template(dataset, "start", args.template),
                            [*dataset_sets(dataset, "start", args.template), *args.sets])  # fmt: skip
         ref = resolve_dataset(base.data.dataset)
@@ -155,7 +163,9 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     last = udml.train(Path(tmp) / "run", cfg)  # the same call as `udml train`
                     model, _ = udml.load_model(checkpoint=last)
-                    picked = selection(Path(tmp) / "run")
+                    picked, trace = selection(Path(tmp) / "run")
+                if trace:
+                    traces.append({"dataset": dataset, "mode": mode, "seed": seed, "evals": trace})
                 metrics = score(model, cfg, ref, engine, t0, subgroups)
                 metrics.update(picked)
                 table.setdefault((dataset, mode), []).append(metrics)
@@ -170,6 +180,10 @@ def main() -> None:
                 res.records[-1]["spread"] = [min(values), max(values)]
                 res.records[-1]["values"] = values
         res.write()
+        if traces:  # every evaluation of every run: what the label-free score is judged on
+            (RESULTS / f"{args.name}-{dataset}-evals.json").write_text(
+                json.dumps({"command": res.command, "runs": traces}, indent=1) + "\n"
+            )
         write_markdown(table, RESULTS / f"{args.name}-{dataset}.md")
 
 
