@@ -96,7 +96,7 @@ def selection(run: Path) -> tuple[dict, list[dict]]:
     """With ``train.eval_step`` set: the R@1 and NMI of the evaluation the label-free score ranks
     highest, the best of the run's evaluations, and the label-free score's rank correlation with
     each over them; and every evaluation's R@1, NMI, MAP@R and label-free score (the trace
-    ``benchmarks/selection_summary.py`` pools over runs)."""
+    written to ``<name>-<set>-evals.json``; nothing reads it yet)."""
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval" and "recall_at" in r and "label_free" in r]
     trace = [{"epoch": e["epoch"], "R@1": 100 * e["recall_at"]["1"], "NMI": 100 * e["nmi"],
