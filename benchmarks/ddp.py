@@ -11,7 +11,6 @@ this is the equivalence check, not a speed-up).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,9 @@ def run(out: Path, nproc: int, epochs: int, dataset: str) -> float:
 
 
 def losses(out: Path) -> list[float]:
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from udml_cli.runs import read_metrics
+
+    records = read_metrics(out)
     return [r["loss"] for r in records if r["event"] == "step"]
 
 

@@ -10,7 +10,6 @@ run's wall clock, and held-out R@1 / NMI / MAP@R against the untrained start.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ FROZEN = ["model.layers=[\"block11\"]", "model.dim=\"auto\"", "model.freeze_back
 def run(cfg_sets: list[str], dataset: str, steps: int, ref, engine) -> dict:
     import udml_cli as udml
     from udml_cli.config import load_config
+    from udml_cli.runs import read_metrics
 
     sets = [*dataset_sets(dataset, "UDML-SS"), *FROZEN, *cfg_sets,
             f"train.epochs={max(1, steps // 10)}", "train.iters_per_epoch=10"]  # fmt: skip
@@ -37,7 +37,7 @@ def run(cfg_sets: list[str], dataset: str, steps: int, ref, engine) -> dict:
         out = Path(tmp) / "run"
         last = udml.train(out, cfg)
         wall = time.perf_counter() - t0
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(out)
         model, _ = udml.load_model(checkpoint=last)
     loops = [r for r in records if r["event"] == "epoch_summary"]
     loop_s = sum(r["seconds"] for r in loops)

@@ -15,7 +15,6 @@ On the CPU it runs the same code at toy size, so it stays working between device
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ def main() -> None:
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.data.sampler import PKSampler
     from udml_cli.engine import resolve_engine
+    from udml_cli.runs import read_metrics
     from udml_cli.training import Trainer
 
     n, size = (96, 24) if args.quick else (5864, 256)
@@ -79,7 +79,7 @@ def main() -> None:
         run = Path(tmp) / "run"
         with Timer() as t_run:
             udml.train(run, template, set_values=sets, flags={"data.dataset": str(data)})
-        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run)
         summary = next(r for r in records if r["event"] == "epoch_summary")
         cfg = load_config(template, [*sets, f"data.dataset={data}"])
         engine = resolve_engine(cfg.engine)

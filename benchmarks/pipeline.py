@@ -28,8 +28,6 @@ def main() -> None:
     ap.add_argument("--cache", default=None, choices=["true", "false"])
     args = ap.parse_args()
 
-    import json
-
     import numpy as np
     import torch
 
@@ -39,6 +37,7 @@ def main() -> None:
     from udml_cli.data.registry import resolve_dataset
     from udml_cli.data.sampler import PKSampler
     from udml_cli.engine import extract, resolve_engine
+    from udml_cli.runs import read_metrics
     from udml_cli.training import Trainer
 
     sets = [f"data.dataset={args.dataset}"]
@@ -60,7 +59,7 @@ def main() -> None:
         run = Path(tmp) / "run"
         short = [f"train.iters_per_epoch={args.iters}", "train.epochs=1", "train.final_eval=false"]
         udml.train(run, template, set_values=sets + short)
-        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run)
         e2e = next(r for r in records if r["event"] == "epoch_summary")["images_per_s"]
         # the reference: the same step on a batch already in memory (no decode, no augmentation)
         trainer = Trainer(cfg, ref, Path(tmp) / "ref", engine)

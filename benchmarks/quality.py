@@ -97,7 +97,9 @@ def selection(run: Path) -> tuple[dict, list[dict]]:
     highest, the best of the run's evaluations, and the label-free score's rank correlation with
     each over them; and every evaluation's R@1, NMI, MAP@R and label-free score (the trace
     written to ``<name>-<set>-evals.json``; nothing reads it yet)."""
-    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    from udml_cli.runs import read_metrics
+
+    records = read_metrics(run)
     evals = [r for r in records if r["event"] == "eval" and "recall_at" in r and "label_free" in r]
     trace = [{"epoch": e["epoch"], "R@1": 100 * e["recall_at"]["1"], "NMI": 100 * e["nmi"],
               "MAP@R": 100 * e["map_at_r"], "label_free": e["label_free"]["score"]}

@@ -10,7 +10,6 @@ from the epoch summary in metrics.jsonl. The competitor is a pure-Python busy lo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,9 @@ def step_rate(threads: str, iters: int, dataset: str) -> float:
             "--set", f"engine.threads={threads}",
         ]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        from udml_cli.runs import read_metrics
+
+        records = read_metrics(out)
         return next(r for r in records if r["event"] == "epoch_summary")["images_per_s"]
 
 

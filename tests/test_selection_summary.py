@@ -14,9 +14,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def _run(tmp_path, evals):
     run = tmp_path / "run"
     run.mkdir()
-    records = [{"event": "step", "step": 1}] + [
-        {"event": "eval", "epoch": e, "recall_at": {"1": r1}, "nmi": nmi, "map_at_r": 0.3,
-         "label_free": {"score": free}}
+    records = [{"event": "step", "epoch": 0, "step": 1}] + [
+        {"event": "eval", "epoch": e, "step": 10 * e, "recall_at": {"1": r1}, "nmi": nmi,
+         "map_at_r": 0.3, "label_free": {"score": free}}
         for e, r1, nmi, free in evals
     ]  # fmt: skip
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
