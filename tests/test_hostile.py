@@ -102,9 +102,16 @@ def run(tmp_path, layout) -> Path:
 
 
 # ---- unreadable images: skipped and listed, or one line under --strict ----------------------
-def test_train_skips_unreadable_images_and_lists_them(bad_layout, tmp_path):
+# every method: UDML-SS reads the images for its first clustering; the invariance method alone
+# with the identity head reads none before its first batch (the photos template's case)
+NO_FIRST_READ = ["--set", "train.method=invariance", "--set", "model.head_init=identity",
+                 "--set", "model.dim=auto"]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", [[], NO_FIRST_READ], ids=["udml-ss", "invariance"])
+def test_train_skips_unreadable_images_and_lists_them(bad_layout, tmp_path, method):
     out = tmp_path / "run"
-    err = ok(udml("train", "--dataset", bad_layout, "--out", out, *TINY, "--epochs", "1"))
+    err = ok(udml("train", "--dataset", bad_layout, "--out", out, *TINY, *method, "--epochs", "1"))
     assert "skipped 2 unreadable images" in err
     listed = (out / "skipped.txt").read_text().split()
     assert listed == ["train/c00/0.png", "train/c01/notes.jpg"]

@@ -86,7 +86,8 @@ INV = ["--set", "train.method=invariance", "--set", "train.iters_per_epoch=3",
 def test_invariance_trains_resumes_bit_exactly_evaluates_and_reports(cli, layout, tmp_path,
                                                                      monkeypatch):  # fmt: skip
     straight, cut = tmp_path / "a", tmp_path / "b"
-    args = ["--dataset", layout, *TINY, *INV, "--epochs", "3"]
+    # k left "auto", as the photos template leaves it: nothing clusters, nothing resolves it
+    args = ["--dataset", layout, *TINY, *INV, "--epochs", "3", "--set", "cluster.num_clusters=auto"]
     interrupted_and_resumed(cli, args, "faulty-invariance", "step:5:interrupt", straight, cut,
                             monkeypatch)  # fmt: skip
     events = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +100,8 @@ def test_invariance_trains_resumes_bit_exactly_evaluates_and_reports(cli, layout
     assert r.code == 0, r.err
     r = cli("report", straight, "-o", tmp_path / "r.html")
     assert r.code == 0, r.err
-    assert "nce_loss" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "nce_loss" in page and "Pseudo-class sizes" not in page  # one pseudo-class: no chart
 
 
 def test_invariance_with_pseudo_classes_and_entropy(cli, layout, tmp_path):
@@ -117,6 +119,9 @@ def test_invariance_with_pseudo_classes_and_entropy(cli, layout, tmp_path):
     assert [e["epoch"] for e in events if e["event"] == "cluster"] == [0]
     toml = (out / "config.toml").read_text()
     assert "alpha" in toml and "num_clusters" in toml and "rot_weight" not in toml
+    r = cli("report", out, "-o", tmp_path / "r.html")
+    assert r.code == 0, r.err
+    assert "Pseudo-class sizes" in (tmp_path / "r.html").read_text()
 
 
 def test_invariance_settings_are_checked(cli, layout, tmp_path):

@@ -384,11 +384,15 @@ def run_report(run_dir: Path, engine, sample: int = 300) -> str:
     train = [s for s in read_split(ref, "train") if s.rel not in skipped]
     pseudo = payload.get("pseudo_labels")  # UDML-SS's; STML has no pseudo-classes
     pseudo = pseudo.numpy() if pseudo is not None else np.zeros(0, np.int64)
+    # the clusters the run made (not cluster.num_clusters: "auto" there, or unused by a method
+    # that does not cluster, e.g. the invariance method alone: one pseudo-class for all)
+    centroids = payload.get("centroids")
+    k = len(centroids) if centroids is not None else 0
     sections = [("Scores", score_table(run_evaluations(run_dir)))]
     if (run_dir / "metrics.jsonl").is_file():
         sections.append(("Training", curves(run_dir)))
-    if len(train) == len(pseudo):
-        sizes = np.bincount(pseudo, minlength=cfg.cluster.num_clusters).tolist()
+    if len(train) == len(pseudo) and k > 1:
+        sizes = np.bincount(pseudo, minlength=k).tolist()
         sections += [
             ("Pseudo-class sizes (the last clustering)", bar_chart("images per cluster", sizes)),
             ("The biggest pseudo-classes", contact_sheets(pseudo, [s.path for s in train])),

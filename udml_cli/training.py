@@ -199,6 +199,11 @@ class Trainer:
             if self.main:
                 self.log_path.write_text("")
             method.refresh(self.epoch, first=True)
+            # a method whose first refresh read no image (no features needed) learns here which
+            # are unreadable, and starts again on the rest
+            if self.images.scan(self.engine, self.progress, self.out if self.main else None,
+                                f"{self.ref.name}/train"):  # fmt: skip
+                method.refresh(self.epoch, first=True)
             if evaluate is not None and t.final_eval:
                 self.log("eval", at="start", **evaluate(self.model))
         # after the first refresh (a "pca" head is set from it): DDP starts from rank 0's weights

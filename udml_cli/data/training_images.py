@@ -21,6 +21,7 @@ class TrainingImages:
         self.cfg, self.check = cfg, check  # ``check(cfg, n)``: the method's check of the data
         self.augment = augment or train_transform(cfg.data)  # PIL → the view of a batch
         self.skipped: list[str] = []  # relative paths, left out
+        self.scanned = False  # every image decoded once (by ``features`` or ``scan``)
         self._use(samples)
 
     def _use(self, samples) -> None:
@@ -60,15 +61,38 @@ class TrainingImages:
         model.eval()
         feat, index = extract(model.features, self.view(view), engine, self.cfg.eval.batch_size,
                               "embedding train", progress)  # fmt: skip
+        keep = self._leave_out_failed(index, started, out, where)
+        return feat if keep.all() else feat[keep]
+
+    def scan(self, engine, progress, out: Path | None, where: str) -> bool:
+        """Decode every image once, no network, and leave out the unreadable ones (as
+        ``features`` does before the run starts): for a method whose first refresh computes no
+        features, so that a broken file is skipped and listed, not an error mid-run. True when
+        it left some out; nothing to do (False) once every image has been read."""
+        if self.scanned:
+            return False
+
+        def nothing(x):
+            return x.new_zeros((len(x), 1))
+
+        _, index = extract(nothing, self.plain, engine, self.cfg.eval.batch_size,
+                           "reading train", progress)  # fmt: skip
+        return not self._leave_out_failed(index, False, out, where).all()
+
+    def _leave_out_failed(self, index, started: bool, out: Path | None, where: str):
+        """The rows of ``index`` (an extraction's keys) that are readable; the unreadable images
+        left out and listed in ``out/skipped.txt`` (an error once the run has ``started``)."""
         bad = (index == FAILED).nonzero()[0]
+        self.scanned = True
         if not len(bad):
-            return feat
+            return index != FAILED
         paths = [str(self.plain.paths[i]) for i in bad]
         if started:  # readable before: changed during the run
             raise DatasetError(f"{paths[0]}: became unreadable during training; restore it")
         report_unreadable(paths, len(index), self.cfg.data.strict, where)
+        keep = index != FAILED
         self.leave_out({self.plain.samples[i].rel for i in bad})
         if out is not None:
             atomic_write_text(out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
             note(f"{len(bad)} unreadable training images are left out: {out / 'skipped.txt'}")
-        return feat[index != FAILED]
+        return keep
