@@ -97,9 +97,13 @@ class Trainer:
         return self.cache
 
     def plain_features(self, view: str = "eval") -> np.ndarray:
-        out = self.out if self.main else None
         return self.images.features(self.model, self.engine, self.progress, self.method.ready,
-                                    out, f"{self.ref.name}/train", view)  # fmt: skip
+                                    *self._skip_report, view)  # fmt: skip
+
+    @property
+    def _skip_report(self) -> tuple[Path | None, str]:
+        """Where unreadable training images are listed (skipped.txt: rank 0 only) and named."""
+        return (self.out if self.main else None), f"{self.ref.name}/train"
 
     # ---- checkpoints -------------------------------------------------------------------------
     def keep_last(self) -> None:
@@ -201,8 +205,7 @@ class Trainer:
             method.refresh(self.epoch, first=True)
             # a method whose first refresh read no image (no features needed) learns here which
             # are unreadable, and starts again on the rest
-            if self.images.scan(self.engine, self.progress, self.out if self.main else None,
-                                f"{self.ref.name}/train"):  # fmt: skip
+            if self.images.scan(self.engine, self.progress, *self._skip_report):
                 method.refresh(self.epoch, first=True)
             if evaluate is not None and t.final_eval:
                 self.log("eval", at="start", **evaluate(self.model))

@@ -82,15 +82,15 @@ class TrainingImages:
     def _leave_out_failed(self, index, started: bool, out: Path | None, where: str):
         """The rows of ``index`` (an extraction's keys) that are readable; the unreadable images
         left out and listed in ``out/skipped.txt`` (an error once the run has ``started``)."""
-        bad = (index == FAILED).nonzero()[0]
+        keep = index != FAILED
+        bad = (~keep).nonzero()[0]
         self.scanned = True
         if not len(bad):
-            return index != FAILED
+            return keep
         paths = [str(self.plain.paths[i]) for i in bad]
         if started:  # readable before: changed during the run
             raise DatasetError(f"{paths[0]}: became unreadable during training; restore it")
         report_unreadable(paths, len(index), self.cfg.data.strict, where)
-        keep = index != FAILED
         self.leave_out({self.plain.samples[i].rel for i in bad})
         if out is not None:
             atomic_write_text(out / "skipped.txt", "".join(f"{r}\n" for r in self.skipped))
