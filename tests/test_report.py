@@ -145,3 +145,7 @@ def test_chart_ticks_are_round_and_cover_the_data():
     tiny = line_chart("rot", {"r": [(1, 1.3881), (9, 1.3899)]})  # a narrow range stays legible
     labels = re.findall(r'text-anchor="end">([^<]+)<', tiny)
     assert len(labels) == len(set(labels)) >= 3
+    lone = line_chart("loss", {"a": [(1, 0.5)], "b": [(1, 0.4), (2, 0.3)]})  # a one-step run
+    dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', lone)
+    assert len(dots) == 1  # the lone point, inside the plot area (58..488 across, 44..174 down)
+    assert 58 <= float(dots[0][0]) <= 488 and 44 <= float(dots[0][1]) <= 174

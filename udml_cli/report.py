@@ -95,7 +95,8 @@ def _tick_format(values: list[float]) -> str:
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str = "step",
                ylabel: str = "", w=500, h=210) -> str:  # fmt: skip
     """Polylines of (x, y) series on shared axes: ticks and grid lines on both, axis labels
-    (with units), the legend above the plot (never over a line); empty series left out."""
+    (with units), the legend above the plot (never over a line); a lone point drawn as a dot;
+    empty series left out."""
     series = {name: points for name, points in series.items() if points}
     pts = [p for s in series.values() for p in s]
     if not pts:
@@ -139,6 +140,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
         c = colours[i % len(colours)]
         poly = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s)
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{poly}"/>')
+        if len(s) == 1:  # one point makes no line: a dot, so a one-step run's chart is not empty
+            out.append(f'<circle cx="{px(s[0][0]):.1f}" cy="{py(s[0][1]):.1f}" r="3" fill="{c}"/>')
         if len(series) > 1:  # the legend: above the plot area
             out.append(f'<rect x="{lx}" y="24" width="10" height="10" fill="{c}"/>'
                        f'<text x="{lx + 14}" y="33" font-size="11">{html.escape(name)}</text>')  # fmt: skip
