@@ -11,6 +11,8 @@ score picks on the training images, as each run does. INV is the invariance meth
 INV+UDML with the UDML-SS Weight loss on pseudo-classes (both on the UDML-SS demo template's
 start, steps and learning rate). `--template photos` runs that template as shipped instead (its
 own start, k and steps; only the data named), for the start and every mode but STML.
+`--set` is applied last, so it overrides a mode's own settings (before 2026-12-03 INV's
+`train.head_lr=1e-5` and `invariance.cluster_weight` silently won over a `--set` of the same key).
 The datasets must be prepared first (benchmarks/run_all.sh does it): `udml dataset prepare emoji
 --out data/emoji` (scripts/demo.sh does this one too) and `udml dataset prepare fashion-mnist
 --out data/fashion-mnist --limit 6000`.
@@ -157,7 +159,8 @@ def main() -> None:
         table[(dataset, "start")] = [start_metrics]
         for mode in args.modes:
             for seed in args.seeds:
-                sets = [*dataset_sets(dataset, mode, args.template), *args.sets, *MODES[mode],
+                # --set last: what the user names wins over the mode's own settings
+                sets = [*dataset_sets(dataset, mode, args.template), *MODES[mode], *args.sets,
                         f"train.seed={seed}", f"cluster.seed={seed}",
                         "train.final_eval=false"]  # scored below, with the subgroup metrics  # fmt: skip
                 cfg = load_config(template(dataset, mode, args.template), sets)
