@@ -149,3 +149,6 @@ def test_chart_ticks_are_round_and_cover_the_data():
     dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', lone)
     assert len(dots) == 1  # the lone point, inside the plot area (58..488 across, 44..174 down)
     assert 58 <= float(dots[0][0]) <= 488 and 44 <= float(dots[0][1]) <= 174
+    one = line_chart("loss", {"a": [(1, 0.5)]})  # step 1 alone: whole steps around it, no 0.94
+    steps = re.findall(r'text-anchor="middle">([^<]+)<', one)[:-1]  # the last is the axis label
+    assert steps == ["0", "1", "2"]
