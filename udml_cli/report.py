@@ -101,9 +101,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
-    xs = [p[0] for p in pts]
-    flat_count = min(xs) == max(xs) and float(xs[0]).is_integer()  # one step or epoch: whole ticks
-    xt = [xs[0] - 1, xs[0], xs[0] + 1] if flat_count else ticks(min(xs), max(xs))
+    xlo, xhi = min(p[0] for p in pts), max(p[0] for p in pts)
+    flat_count = xlo == xhi and float(xlo).is_integer()  # one step or epoch: whole ticks
+    xt = [xlo - 1, xlo, xlo + 1] if flat_count else ticks(xlo, xhi)
     yt = ticks(min(p[1] for p in pts), max(p[1] for p in pts))
     xf, yf = _tick_format(xt), _tick_format(yt)
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
