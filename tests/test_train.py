@@ -200,6 +200,16 @@ def test_epoch_summaries_and_no_repeated_steps_after_an_older_checkpoint(cli, la
     assert all(e["steps"] == 2 and not e["partial"] and e["mean_loss"] > 0 for e in summaries)
 
 
+def test_steps_are_logged_every_log_every_and_at_the_last(cli, layout, tmp_path):
+    """A run of 6 steps logged every 4 has records at steps 4 and 6: however short a run, its
+    report has a loss to draw."""
+    out = tmp_path / "run"
+    extra = ["--epochs", "2", "--set", "train.iters_per_epoch=3", "--set", "train.log_every=4"]
+    assert _train(cli, layout, out, *extra).code == 0
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "step"] == [4, 6]
+
+
 def test_image_size_with_a_checkpoint_is_applied_and_said(cli, layout, tmp_path):
     out = tmp_path / "run"
     assert _train(cli, layout, out, "--epochs", "1").code == 0

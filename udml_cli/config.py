@@ -196,7 +196,10 @@ class TrainConfig(_Section):
     eval_step: int = Field(
         0, ge=0, le=BIG, description="evaluate on the test split every N epochs (0: off)"
     )
-    log_every: int = Field(10, ge=1, le=BIG, description="write metrics.jsonl every N iterations")
+    log_every: int = Field(
+        10, ge=1, le=BIG,
+        description="write a step record to metrics.jsonl every N iterations, and at the last",
+    )  # fmt: skip
     final_eval: bool = Field(
         True, description="evaluate the start and the end on a labelled test split, if any"
     )

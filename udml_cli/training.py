@@ -289,7 +289,8 @@ class Trainer:
             images_seen += len(batch)
             losses.append(parts["loss"])
             rate = images_seen / max(time.perf_counter() - tick, 1e-9)
-            if self.step % cfg.train.log_every == 0:
+            final = self.epoch + 1 == cfg.train.epochs and self.iteration == len(sampler)
+            if self.step % cfg.train.log_every == 0 or final:  # and the run's last step
                 self.log("step", iteration=self.iteration, images_per_s=round(rate, 1), **parts)
             if self.progress:
                 line = (f"epoch {self.epoch + 1}/{cfg.train.epochs} loss {short(parts['loss'])} "
