@@ -82,3 +82,20 @@ def test_running_tells_a_live_process_from_a_dead_or_exiting_one():
     child.wait()
     assert not _running(child.pid)  # gone altogether
     assert PF_EXITING == 0x4  # include/linux/sched.h
+
+
+def test_extract_on_host_copies_nothing_to_the_device(monkeypatch):
+    """The decode-only scan (``on_host``) hands the batches to ``forward`` as decoded: no copy
+    to the device (a GPU's memory traffic for nothing), and the same rows as a plain pass."""
+    import torch
+
+    data = [(torch.full((3, 2, 2), float(i)), i) for i in range(5)]
+    eng = engine.resolve_engine(EngineConfig(device="cpu", threads=1, workers=0))
+    plain = engine.extract(lambda x: x.flatten(1), data, eng, 2)
+    copies = []
+    monkeypatch.setattr(type(eng), "to_device", lambda self, b: copies.append(b) or b)
+    rows, keys = engine.extract(lambda x: x.flatten(1), data, eng, 2, on_host=True)
+    assert copies == [] and keys.tolist() == [0, 1, 2, 3, 4]
+    assert (rows == plain[0]).all() and rows[:, 0].tolist() == [0, 1, 2, 3, 4]
+    engine.extract(lambda x: x.flatten(1), data, eng, 2)
+    assert len(copies) == 3  # the reference: a plain pass does copy, one batch at a time

@@ -366,16 +366,18 @@ def extract(
     description: str = "embedding",
     progress=None,
     allocate=None,
+    on_host: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stream ``dataset`` (yielding ``(image, key)``: an index, ``FAILED`` for an unreadable
     image) through ``forward``; float32 rows and the keys, in dataset order. ``allocate(n, dim)``
-    (e.g. ``npyfile.DiskRows``, a .npy on disk) receives the rows batch by batch, so memory stays flat."""
+    (e.g. ``npyfile.DiskRows``, a .npy on disk) receives the rows batch by batch, so memory stays flat.
+    ``on_host``: ``forward`` gets the batches as decoded, not copied to the device (no network)."""
     engine.use_threads(engine.extract_threads)
     if engine.distributed and allocate is None and len(dataset) >= engine.world_size:
         # each rank extracts its share; every rank gets all rows back, in dataset order
         part = torch.utils.data.Subset(dataset, list(engine.shard(len(dataset))))
         rows, keys = extract(forward, part, replace(engine, world_size=1), batch_size,
-                             description, progress)  # fmt: skip
+                             description, progress, on_host=on_host)  # fmt: skip
         keys = engine.gather_rows(torch.from_numpy(keys)).cpu().numpy()
         return engine.gather_rows(torch.from_numpy(rows)).cpu().numpy(), keys
     loader = engine.loader(dataset, batch_size)
@@ -383,8 +385,11 @@ def extract(
     rows = None
     feats, labels, at = [], [], 0
     for images, target in loader:
-        with engine.autocast():
-            out = forward(engine.to_device(images)).float().cpu().numpy()
+        if on_host:
+            out = forward(images).float().numpy()
+        else:
+            with engine.autocast():
+                out = forward(engine.to_device(images)).float().cpu().numpy()
         if allocate is not None:
             if rows is None:
                 rows = allocate(len(dataset), out.shape[1])

@@ -76,7 +76,7 @@ class TrainingImages:
             return x.new_zeros((len(x), 1))
 
         _, index = extract(nothing, self.plain, engine, self.cfg.eval.batch_size,
-                           "reading train", progress)  # fmt: skip
+                           "reading train", progress, on_host=True)  # fmt: skip
         return not self._leave_out_failed(index, False, out, where).all()
 
     def _leave_out_failed(self, index, started: bool, out: Path | None, where: str):
