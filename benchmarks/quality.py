@@ -7,7 +7,10 @@ wall-clock of each run (training + scoring).
     python benchmarks/quality.py [--datasets fashion-mnist emoji] [--seeds 0 1 2] [--set k=v ...]
         [--modes UDML UDML-SS STML INV INV+UDML]
 `--set 'model.layers=["auto"]'` (the `photos` template's) starts from the stage the label-free
-score picks on the training images, as each run does. INV is the invariance method alone,
+score picks on the training images, as each run does: on each seed's own sample of them (drawn
+by `cluster.seed`; before 2026-12-03 the start was seed 0's pick for every seed), so the start
+row is a mean over seeds and the JSON names each seed's stage. `--modes` with no name scores
+the starts only. INV is the invariance method alone,
 INV+UDML with the UDML-SS Weight loss on pseudo-classes (both on the UDML-SS demo template's
 start, steps and learning rate). `--template photos` runs that template as shipped instead (its
 own start, k and steps; only the data named), for the start and every mode but STML.
@@ -125,7 +128,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(TEMPLATES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--modes", nargs="*", default=list(MODES),
+                    help="methods to train (none: score the starts only)")  # fmt: skip
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument(
         "--name", default="quality", help="results file prefix (explore/NAME for probes)"
@@ -144,19 +148,33 @@ def main() -> None:
         res = Results(f"{args.name}-{dataset}")
         table: dict[tuple, list[dict]] = {}
         traces: list[dict] = []
-        base = load_config(template(dataset, "start", args.template),
-                           [*dataset_sets(dataset, "start", args.template), *args.sets])  # fmt: skip
+        start_sets = [*dataset_sets(dataset, "start", args.template), *args.sets]
+        base = load_config(template(dataset, "start", args.template), start_sets)
         ref = resolve_dataset(base.data.dataset)
         engine = resolve_engine(base.engine)
-        if base.model.layers == ["auto"]:  # the start is the stage each run will pick itself
+        subgroups = dataset == "emoji"
+        if base.model.layers == ["auto"]:
+            # the start is the stage each run picks itself, on its own sample of the training
+            # images (drawn by cluster.seed): one start per seed, scored once per stage picked
             from udml_cli.data.layout import read_split
             from udml_cli.selection import choose_layers
 
-            choose_layers(base, read_split(ref, "train"), engine)
-        start = build_model(base.model, head=False)
-        subgroups = dataset == "emoji"
-        start_metrics = score(start, base, ref, engine, time.perf_counter(), subgroups)
-        table[(dataset, "start")] = [start_metrics]
+            train, by_stage, starts = read_split(ref, "train"), {}, []
+            for seed in args.seeds:
+                cfg = load_config(template(dataset, "start", args.template),
+                                  [*start_sets, f"cluster.seed={seed}"])  # fmt: skip
+                choose_layers(cfg, train, engine)
+                stage = ", ".join(cfg.model.layers)
+                if stage not in by_stage:
+                    start = build_model(cfg.model, head=False)
+                    by_stage[stage] = score(start, cfg, ref, engine, time.perf_counter(), subgroups)
+                starts.append(by_stage[stage])
+                res.add(f"{dataset} start, seed {seed}", "stage picked", stage)
+            table[(dataset, "start")] = starts
+        else:
+            start = build_model(base.model, head=False)
+            table[(dataset, "start")] = [score(start, base, ref, engine, time.perf_counter(),
+                                               subgroups)]  # fmt: skip
         for mode in args.modes:
             for seed in args.seeds:
                 # --set last: what the user names wins over the mode's own settings
@@ -179,8 +197,9 @@ def main() -> None:
             for metric in runs[0]:
                 values = [r[metric] for r in runs]
                 mean = statistics.fmean(values)
+                start = [r.get(metric) for r in table[(ds, "start")]]
                 res.add(f"{ds} {mode} (n={len(values)})", metric, mean,
-                        table[(ds, "start")][0].get(metric) if mode != "start" else None,
+                        statistics.fmean(start) if mode != "start" else None,
                         higher_is_better=metric != "seconds", unit="%" if metric != "seconds" else "s")  # fmt: skip
                 res.records[-1]["spread"] = [min(values), max(values)]
                 res.records[-1]["values"] = values
