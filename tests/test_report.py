@@ -152,3 +152,7 @@ def test_chart_ticks_are_round_and_cover_the_data():
     one = line_chart("loss", {"a": [(1, 0.5)]})  # step 1 alone: whole steps around it, no 0.94
     steps = re.findall(r'text-anchor="middle">([^<]+)<', one)[:-1]  # the last is the axis label
     assert steps == ["0", "1", "2"]
+    two = line_chart("R@1", {"r": [(0, 33.5), (1, 33.4)]}, "epoch")  # the start and epoch 1
+    assert re.findall(r'text-anchor="middle">([^<]+)<', two)[:-1] == ["0", "1"]  # no 0.2 epoch
+    half = line_chart("R@1", {"r": [(0, 33.5), (0.5, 33.4)]}, "epoch")  # not counts: ticks()
+    assert "0.2" in re.findall(r'text-anchor="middle">([^<]+)<', half)

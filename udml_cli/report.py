@@ -96,14 +96,18 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
                ylabel: str = "", w=500, h=210) -> str:  # fmt: skip
     """Polylines of (x, y) series on shared axes: ticks and grid lines on both, axis labels
     (with units), the legend above the plot (never over a line); a lone point drawn as a dot;
-    empty series left out."""
+    whole ticks for a few steps or epochs; empty series left out."""
     series = {name: points for name, points in series.items() if points}
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
     xlo, xhi = min(p[0] for p in pts), max(p[0] for p in pts)
-    flat_count = xlo == xhi and float(xlo).is_integer()  # one step or epoch: whole ticks
-    xt = [xlo - 1, xlo, xlo + 1] if flat_count else ticks(xlo, xhi)
+    counts = all(float(p[0]).is_integer() for p in pts)  # steps or epochs: no 0.2 epoch
+    if counts and xhi - xlo < 4:  # too few for ticks(): each whole count, one each side if flat
+        pad = int(xlo == xhi)
+        xt = [float(x) for x in range(int(xlo) - pad, int(xhi) + pad + 1)]
+    else:
+        xt = ticks(xlo, xhi)
     yt = ticks(min(p[1] for p in pts), max(p[1] for p in pts))
     xf, yf = _tick_format(xt), _tick_format(yt)
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
