@@ -104,9 +104,9 @@ def test_train_picks_the_layer_by_the_label_free_score(cli, layout, tmp_path):
     out = tmp_path / "run"
     r = cli("train", "--dataset", layout, "--out", out, *TINY, "--epochs", "1",
             "--set", 'model.layers=["auto"]', "--set", "model.dim=auto",
-            "--set", "model.head_init=identity")  # fmt: skip
+            "--set", "model.head_init=identity", "--set", "model.auto_images=7")  # fmt: skip
     assert r.code == 0, r.err
-    assert "model.layers = auto → " in r.err
+    assert "model.layers = auto → " in r.err and "on 7 training images" in r.err, r.err
     chosen = r.err.split("model.layers = auto → ")[1].split(" ")[0]
     import tomllib
 
@@ -120,3 +120,24 @@ def test_train_picks_the_layer_by_the_label_free_score(cli, layout, tmp_path):
     r = cli("eval", "--backbone", "tiny-test", "--weights", "none", "--dataset", layout,
             "--set", 'model.layers=["auto"]')  # fmt: skip
     assert r.code == 2 and "chosen by udml train" in r.err
+
+
+def test_each_layer_and_the_pick_score_model_auto_images_not_eval_label_free(cli, tmp_path):
+    """The stage pick has its own sample size: model.auto_images images (and their copies),
+    whatever eval.label_free (the sample of every evaluation) says, even 0 (evaluations off)."""
+    from conftest import write_image
+
+    folder = tmp_path / "photos"
+    for i in range(12):
+        write_image(folder / f"p{i:02d}.png", (20 * i, 255 - 20 * i, 90), seed=i)
+    common = ["--backbone", "tiny-test", "--weights", "none", "--dataset", folder,
+              "--image-size", "16", "--label-free", "--each-layer", "--json"]  # fmt: skip
+    for count, seen in ((5, 5), (7, 7), (50, 12)):
+        r = cli("eval", *common, "--set", f"model.auto_images={count}",
+                "--set", "eval.label_free=0")  # fmt: skip
+        assert r.code == 0, r.err
+        rows = json.loads(r.out)["layers"]
+        assert {row["layer"] for row in rows} == {"conv1", "conv2", "last"}
+        assert all(row["images"] == seen for row in rows)
+    r = cli("eval", *common, "--set", "model.auto_images=1")
+    assert r.code == 2 and "model.auto_images" in r.err and r.err.count("\n") == 1, r.err

@@ -260,7 +260,7 @@ def label_free(cfg: Config | None = None, checkpoint=None, backbone=None, datase
     from udml_cli.selection import label_free_scores, score_layers
 
     cfg = cfg if cfg is not None else load_config()
-    if cfg.eval.label_free < 2:
+    if cfg.eval.label_free < 2 and not each_layer:  # --each-layer: model.auto_images (>= 2)
         raise UsageError("eval.label_free must be at least 2 images to score label-free")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if each_layer:

@@ -90,6 +90,13 @@ class ModelConfig(_Section):
         "train picks the stage with the highest label-free score on the training images; "
         "['all']: every stage the backbone names (not 'last')",
     )
+    auto_images: int = Field(
+        2000, ge=2, le=BIG,
+        description="training images (each with one edited copy) scored per stage when "
+        "model.layers = ['auto'] picks one, and by `udml eval --label-free --each-layer`: more "
+        "steady the pick (stages often score within 0.5 of each other), at one pass over them "
+        "and their copies; eval.label_free sets the sample of every evaluation",
+    )  # fmt: skip
     grid: _Grid | Annotated[list[_Grid], Field(min_length=1, max_length=4)] = Field(
         1,
         description="pool each stage of model.layers over a grid x grid of regions (layout "

@@ -55,12 +55,14 @@ def label_free_scores(model, cfg, plain: ImageDataset, engine, progress=None,
 
 
 def copy_embeddings(model, cfg, plain: ImageDataset, engine, progress=None, where: str = "train",
-                    forward: str = "embed"):  # fmt: skip
+                    forward: str = "embed", count: int | None = None):  # fmt: skip
     """``(originals, copies)``: the rows ``label_free_scores`` compares (the readable images of
-    the sample; ``forward``: the model's method that maps images to rows)."""
+    the sample; ``forward``: the model's method that maps images to rows; ``count``: the
+    sample's size, default ``cfg.eval.label_free``)."""
     from udml_cli.engine import extract
 
-    rows = sample_rows(len(plain), cfg.eval.label_free, cfg.cluster.seed)
+    count = cfg.eval.label_free if count is None else count
+    rows = sample_rows(len(plain), count, cfg.cluster.seed)
     samples = [plain.samples[i] for i in rows]
     cache = [plain.cache[i] for i in rows] if plain.cache is not None else None
     originals = ImageDataset(samples, plain.transform, size=plain.size)
@@ -105,7 +107,8 @@ def score_layers(
     cfg, plain: ImageDataset, engine, progress=None, where: str = "train"
 ) -> list[dict]:
     """The label-free scores of every stage of ``cfg.model``'s backbone (and ``last``), each
-    alone with ``cfg.model.pool`` and ``grid``, from one pass over the sample; highest first."""
+    alone with ``cfg.model.pool`` and ``grid``, from one pass over ``cfg.model.auto_images`` of
+    the images and their copies; highest first."""
     from udml_cli.models.backbones import create_backbone
     from udml_cli.models.descriptor import describe
     from udml_cli.models.net import EmbeddingNet
@@ -115,7 +118,7 @@ def score_layers(
     names = [*backbone.stages, "last"]
     model = EmbeddingNet(describe(backbone, m.pool, names, m.backbone, m.grid), None)
     start = time.perf_counter()
-    x, y = copy_embeddings(model, cfg, plain, engine, progress, where, forward="features")
+    x, y = copy_embeddings(model, cfg, plain, engine, progress, where, "features", m.auto_images)
     rows, at = [], 0
     for name, size in zip(names, model.backbone.part_sizes(), strict=True):
         part = slice(at, at + size)

@@ -61,7 +61,8 @@ def evaluate(
         typer.Option(
             "--each-layer",
             help="With --label-free and --backbone: score every stage of the backbone alone "
-            "(model.pool, model.grid as set), highest first: which model.layers to use.",
+            "(model.pool, model.grid as set) on model.auto_images of the images, highest first: "
+            "which model.layers to use (what model.layers = auto picks in udml train).",
         ),
     ] = False,
     as_json: JsonOpt = False,
