@@ -26,6 +26,25 @@ def test_copy_scores_by_hand():
     assert s["score"] == pytest.approx(np.mean([0.5, 0.75, 0.75]))
 
 
+def test_several_copies_of_each_image_count_each_copy_once():
+    """Copies stacked copy by copy score as the mean over each copy set alone (every score is
+    a mean over copies), checked against the one-copy scores, which are checked by hand above."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sets = []
+    for noise in (0.3, 0.8, 1.5):
+        y = x + noise * rng.normal(size=x.shape)
+        sets.append(y / np.linalg.norm(y, axis=1, keepdims=True))
+    alone = [copy_scores(x, y) for y in sets]
+    together = copy_scores(x, np.concatenate(sets))
+    for key in ("copy_r1", "copy_mrr", "knn_overlap", "score"):
+        assert together[key] == pytest.approx(np.mean([a[key] for a in alone]))
+    assert alone[0]["copy_r1"] > alone[2]["copy_r1"]  # the noisier copies do find less
+    with pytest.raises(ValueError, match="whole number"):
+        copy_scores(x, sets[0][:-1])
+
+
 def test_the_sample_is_fixed_and_bounded():
     assert sample_rows(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
     a, b = sample_rows(1000, 50, 3), sample_rows(1000, 50, 3)
@@ -82,7 +101,7 @@ def test_each_layer_ranks_the_stages_and_its_last_row_is_the_plain_score(cli, tm
         write_image(folder / f"p{i:02d}.png", (25 * i, 250 - 25 * i, 60 + 10 * i), seed=i)
     common = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--dataset", folder,
               "--image-size", "32", "--label-free", "--json"]  # fmt: skip
-    r = cli("eval", *common, "--each-layer")
+    r = cli("eval", *common, "--each-layer", "--set", "model.auto_images=10")  # one copy each
     assert r.code == 0, r.err
     rows = json.loads(r.out)["layers"]
     assert {row["layer"] for row in rows} == {*(f"block{i}" for i in range(16)), "last"}
@@ -139,5 +158,7 @@ def test_each_layer_and_the_pick_score_model_auto_images_not_eval_label_free(cli
         rows = json.loads(r.out)["layers"]
         assert {row["layer"] for row in rows} == {"conv1", "conv2", "last"}
         assert all(row["images"] == seen for row in rows)
+        # a set smaller than the sample: copies of each image make up the count, 8 at most
+        assert all(row["copies"] == min(8, count // seen) for row in rows)
     r = cli("eval", *common, "--set", "model.auto_images=1")
     assert r.code == 2 and "model.auto_images" in r.err and r.err.count("\n") == 1, r.err

@@ -3,7 +3,8 @@ user can choose a layer, a checkpoint or a method without R@1.
 
 For a fixed sample of the images (the same draw for every model scored: comparable numbers), one
 edited copy of each (``data/edits.CopyEdits``: crop, flip, colour, greyscale, blur, rotation,
-JPEG; the same copies for every model) is embedded with the originals:
+JPEG; the same copies for every model; several of each when the stage pick's sample,
+``model.auto_images``, is larger than the collection) is embedded with the originals:
 - ``copy_r1``: the fraction of copies whose nearest original is their own;
 - ``copy_mrr``: the mean reciprocal rank of the own original among the sampled originals;
 - ``knn_overlap``: the mean overlap of each original's 10 nearest originals with its copy's
@@ -22,6 +23,7 @@ from udml_cli.data.edits import CopyEdits
 from udml_cli.data.images import FAILED, ImageDataset
 
 KNN = 10
+COPIES_MAX = 8  # edited copies of each image at most, when the stage pick's sample is larger
 
 
 class _Copies(ImageDataset):
@@ -55,10 +57,11 @@ def label_free_scores(model, cfg, plain: ImageDataset, engine, progress=None,
 
 
 def copy_embeddings(model, cfg, plain: ImageDataset, engine, progress=None, where: str = "train",
-                    forward: str = "embed", count: int | None = None):  # fmt: skip
+                    forward: str = "embed", count: int | None = None, copies: int = 1):  # fmt: skip
     """``(originals, copies)``: the rows ``label_free_scores`` compares (the readable images of
     the sample; ``forward``: the model's method that maps images to rows; ``count``: the
-    sample's size, default ``cfg.eval.label_free``)."""
+    sample's size, default ``cfg.eval.label_free``; ``copies``: edited copies of each image,
+    stacked copy by copy: row ``c * n + i`` of the second is copy ``c`` of original ``i``)."""
     from udml_cli.engine import extract
 
     count = cfg.eval.label_free if count is None else count
@@ -67,33 +70,41 @@ def copy_embeddings(model, cfg, plain: ImageDataset, engine, progress=None, wher
     cache = [plain.cache[i] for i in rows] if plain.cache is not None else None
     originals = ImageDataset(samples, plain.transform, size=plain.size)
     originals.cache = cache
-    seeds = np.random.default_rng([cfg.cluster.seed, 12]).integers(0, 2**31, len(rows))
-    copies = _Copies(samples, seeds, cfg.data.image_size, cache)
+    # copy 0 is drawn as it always was: one-copy scores stay comparable across versions
+    seeds = [np.random.default_rng([cfg.cluster.seed, 12, *([c] if c else [])])
+             .integers(0, 2**31, len(rows)) for c in range(copies)]  # fmt: skip
+    edited = _Copies(samples * copies, np.concatenate(seeds), cfg.data.image_size,
+                     cache * copies if cache is not None else None)  # fmt: skip
     model = engine.prepare_model(model).eval()
     run = getattr(model, forward)
     with torch.no_grad():
         x, kx = extract(run, originals, engine, cfg.eval.batch_size,
                         f"label-free score: {where} originals", progress)  # fmt: skip
-        y, ky = extract(run, copies, engine, cfg.eval.batch_size,
+        y, ky = extract(run, edited, engine, cfg.eval.batch_size,
                         f"label-free score: {where} copies", progress)  # fmt: skip
-    ok = (kx != FAILED) & (ky != FAILED)
-    return x[ok], y[ok]
+    ok = (kx != FAILED) & (ky != FAILED).reshape(copies, len(rows)).all(0)
+    return x[ok], y.reshape(copies, len(rows), -1)[:, ok].reshape(-1, y.shape[1])
 
 
 def copy_scores(x: np.ndarray, y: np.ndarray, knn: int = KNN) -> dict:
-    """The scores of originals ``x`` and their copies ``y`` (row i of each: one image),
-    L2-normalised rows."""
+    """The scores of originals ``x`` and their copies ``y`` (L2-normalised rows): row ``i`` of
+    ``x`` is an image, row ``c * len(x) + i`` of ``y`` its copy ``c`` (one or more copies of
+    each); every copy counts once."""
     n = len(x)
     if n < 2:
         return {"score": None, "copy_r1": None, "copy_mrr": None, "knn_overlap": None}
-    sim = torch.from_numpy(y @ x.T).double()  # copy i against every original
-    own = sim.diagonal()
+    if len(y) % n:
+        raise ValueError(f"{len(y)} copies of {n} originals: not a whole number of each")
+    owner = torch.arange(len(y)) % n  # copy j is of original owner[j]
+    sim = torch.from_numpy(y @ x.T).double()  # each copy against every original
+    own = sim[torch.arange(len(y)), owner]
     rank = 1 + (sim > own[:, None]).sum(1)  # ties in the copy's favour
     k = min(knn, n - 1)
     xx = torch.from_numpy(x @ x.T).double().fill_diagonal_(-np.inf)
-    yx = sim.clone().fill_diagonal_(-np.inf)
+    yx = sim.clone()
+    yx[torch.arange(len(y)), owner] = -np.inf  # a copy's neighbours: the other originals
     a, b = xx.topk(k, dim=1).indices, yx.topk(k, dim=1).indices
-    overlap = [len(set(a[i].tolist()) & set(b[i].tolist())) / k for i in range(n)]
+    overlap = [len(set(a[owner[j]].tolist()) & set(b[j].tolist())) / k for j in range(len(y))]
     out = {
         "copy_r1": float((rank == 1).double().mean()),
         "copy_mrr": float((1.0 / rank.double()).mean()),
@@ -118,14 +129,19 @@ def score_layers(
     names = [*backbone.stages, "last"]
     model = EmbeddingNet(describe(backbone, m.pool, names, m.backbone, m.grid), None)
     start = time.perf_counter()
-    x, y = copy_embeddings(model, cfg, plain, engine, progress, where, "features", m.auto_images)
+    # a set smaller than the sample: several copies of each image make up the count (stages
+    # often score within 0.2 of each other; fewer pairs, more the edits' luck decides)
+    images = min(len(plain), m.auto_images)
+    copies = max(1, min(COPIES_MAX, m.auto_images // max(images, 1)))
+    x, y = copy_embeddings(model, cfg, plain, engine, progress, where, "features",
+                           m.auto_images, copies)  # fmt: skip
     rows, at = [], 0
     for name, size in zip(names, model.backbone.part_sizes(), strict=True):
         part = slice(at, at + size)
         at += size
         unit = [v[:, part] / np.linalg.norm(v[:, part], axis=1, keepdims=True).clip(1e-12)
                 for v in (x, y)]  # fmt: skip
-        rows.append({"layer": name, **copy_scores(*unit), "images": len(x)})
+        rows.append({"layer": name, **copy_scores(*unit), "images": len(x), "copies": copies})
     seconds = round(time.perf_counter() - start, 3)
     for r in rows:
         r["seconds"] = seconds
@@ -149,7 +165,9 @@ def choose_layers(cfg, samples, engine, progress=None, where: str = "train") -> 
     cfg.model.layers = [best["layer"]]
     note(
         f"model.layers = auto → {best['layer']} (label-free score {100 * best['score']:.1f}, "
-        f"the highest of {len(rows)} stages on {best['images']} training images; next: "
+        f"the highest of {len(rows)} stages on {best['images']} training images"
+        + (f", {best['copies']} edited copies of each" if best["copies"] > 1 else "")
+        + "; next: "
         + ", ".join(f"{r['layer']} {100 * r['score']:.1f}" for r in rows[1:3])
         + "; `udml eval --label-free --each-layer` lists them all)"
     )
