@@ -198,8 +198,9 @@ def main() -> None:
                 values = [r[metric] for r in runs]
                 mean = statistics.fmean(values)
                 start = [r.get(metric) for r in table[(ds, "start")]]
-                res.add(f"{ds} {mode} (n={len(values)})", metric, mean,
-                        statistics.fmean(start) if mode != "start" else None,
+                # the start has no checkpoints: no label-free pick to compare against
+                baseline = None if mode == "start" or None in start else statistics.fmean(start)
+                res.add(f"{ds} {mode} (n={len(values)})", metric, mean, baseline,
                         higher_is_better=metric != "seconds", unit="%" if metric != "seconds" else "s")  # fmt: skip
                 res.records[-1]["spread"] = [min(values), max(values)]
                 res.records[-1]["values"] = values
