@@ -61,12 +61,16 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train an embedding without labels: k-means pseudo-labels + Weight loss + rotation loss.
+    """Train an embedding without labels (train.method: udml-ss, stml or invariance).
+
+    udml-ss (the paper, the default): k-means pseudo-labels, Weight loss and rotation loss;
+    stml: an EMA teacher's contextual similarity; invariance: edited views of each image pulled
+    together (the photos template). `udml templates` lists recipes per kind of data.
 
     \b
     udml train --dataset cub --config templates/cub.toml --data-root ~/data
     udml train --dataset emoji --config templates/demo.toml --out runs/demo
-    udml train --dataset ~/photos --out runs/photos   # any folder of images, no labels
+    udml train --dataset ~/photos --config photos   # any folder of images, no labels
     udml train --out runs/demo --resume          # after Ctrl-C or a crash
     udml train --dataset cub --config cub --nproc 4   # 4 processes (DDP)
     """
