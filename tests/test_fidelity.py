@@ -343,9 +343,10 @@ def test_eval_run_dir_scores_every_checkpoint(cli, layout, tmp_path):
     assert r.code == 0, r.err
     table = json.loads(r.out)
     names = [p.split("/")[-1] for p in (c["model"] for c in table["checkpoints"])]
-    assert names == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]  # last.pt = epoch 3
+    # the start (kept before the first step), then each epoch; last.pt = epoch 3
+    assert names == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
     single = json.loads(cli("eval", out / "epoch_0002.pt", "--json").out)
-    assert table["checkpoints"][1]["recall_at"] == single["recall_at"]
+    assert table["checkpoints"][2]["recall_at"] == single["recall_at"]
     assert "selection on the evaluation data" in " ".join(r.err.split())
     best = max(table["checkpoints"], key=lambda c: c["recall_at"]["1"])
     assert table["best_r1"] == best["model"]

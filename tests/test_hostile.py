@@ -261,7 +261,7 @@ def test_second_train_on_the_same_folder_is_refused(layout, tmp_path):
 def test_replacing_a_run_starts_empty(layout, run):
     assert (run / "epoch_0002.pt").exists()
     ok(udml("train", "--dataset", layout, "--out", run, *TINY, "--epochs", "1", "--yes"))
-    assert sorted(p.name for p in run.glob("*.pt")) == ["epoch_0001.pt", "last.pt"]
+    assert sorted(p.name for p in run.glob("*.pt")) == ["epoch_0000.pt", "epoch_0001.pt", "last.pt"]
     assert not (run.parent / f".{run.name}.replaced").exists()
 
 

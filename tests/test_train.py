@@ -47,6 +47,10 @@ def test_train_writes_run_and_eval_reads_it(cli, layout, tmp_path):
     result = json.loads(r.out)
     assert result["dataset"] == "syn" and result["split"] == "test" and result["num_classes"] == 4
     assert set(result["recall_at"]) == {"1", "2", "4", "8", "16", "32"}
+    # the start is kept: epoch_0000.pt scores what training measured before its first step
+    kept = json.loads(cli("eval", out / "epoch_0000.pt", "--json").out)
+    assert kept["recall_at"] == pytest.approx(start["recall_at"], abs=1e-9)
+    assert kept["nmi"] == pytest.approx(start["nmi"], abs=1e-9)
     r = cli("cluster", "--checkpoint", out / "last.pt", "--k", "4", "--split", "test", "--json",
             "--write-labels", tmp_path / "pseudo.txt")  # fmt: skip
     assert r.code == 0, r.err

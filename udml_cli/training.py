@@ -209,6 +209,9 @@ class Trainer:
                 method.refresh(self.epoch, first=True)
             if evaluate is not None and t.final_eval:
                 self.log("eval", at="start", **evaluate(self.model))
+            # the start itself, kept: where training takes away (BENCHMARKS, issue 21's tally),
+            # `udml eval RUN` ranks it with the rest and `udml index --checkpoint` can use it
+            self.save("epoch_0000.pt", full=t.full_epoch_checkpoints)
         # after the first refresh (a "pca" head is set from it): DDP starts from rank 0's weights
         self.step_forward = self.engine.wrap(self.step_forward, not method.all_parameters_used)
         sampler = method.sampler()
