@@ -164,10 +164,10 @@ def print_summary(summary: dict, last: Path, seconds: float) -> None:
     if len(free) > 1:
         best = max(free, key=lambda e: e[1])
         console.print(
-            f"label-free score (edited copies found, neighbourhoods kept; no labels): "
-            f"{free[0][1]:.4f} at epoch {free[0][0]} → {free[-1][1]:.4f} at epoch {free[-1][0]}; "
-            f"highest {best[1]:.4f} at epoch {best[0]} (`udml eval RUN --label-free` ranks "
-            "the checkpoints)"
+            f"label-free score, percent (edited copies found, neighbourhoods kept; no labels): "
+            f"{100 * free[0][1]:.2f} at epoch {free[0][0]} → {100 * free[-1][1]:.2f} at epoch "
+            f"{free[-1][0]}; highest {100 * best[1]:.2f} at epoch {best[0]} (`udml eval RUN "
+            "--label-free` ranks the checkpoints, epoch_0000.pt the start)"
         )
     end, start = summary["end"], summary["start"]
     if end is None:
