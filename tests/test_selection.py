@@ -139,6 +139,13 @@ def test_train_picks_the_layer_by_the_label_free_score(cli, layout, tmp_path):
     r = cli("eval", "--backbone", "tiny-test", "--weights", "none", "--dataset", layout,
             "--set", 'model.layers=["auto"]')  # fmt: skip
     assert r.code == 2 and "chosen by udml train" in r.err
+    # settings the data makes impossible fail in one line before the pick spends any time
+    r = cli("train", "--dataset", layout, "--out", tmp_path / "small", *TINY, "--epochs", "1",
+            "--set", 'model.layers=["auto"]', "--set", "train.method=invariance",
+            "--set", "train.batch_size=5000")  # fmt: skip
+    assert r.code == 2 and "exceeds the" in r.err and "model.layers = auto" not in r.err, r.err
+    assert r.err.count("error:") == 1 and "label-free score" not in r.err, r.err
+    assert not (tmp_path / "small").exists()
 
 
 def test_each_layer_and_the_pick_score_model_auto_images_not_eval_label_free(cli, tmp_path):

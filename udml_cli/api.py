@@ -174,12 +174,8 @@ def train(out: str | Path, config: Config | str | Path | None = None, dataset: s
                 f"{out} already holds a run; use --resume to continue it or --yes to start over",
             )
         engine = resolve_engine(cfg.engine)
-        if cfg.model.layers == ["auto"]:  # a resumed run's config names the stage it chose
-            from udml_cli.data.layout import read_split
-            from udml_cli.selection import choose_layers
-
-            choose_layers(cfg, read_split(ref, "train"), engine, progress, f"{ref.name}/train")
-        trainer = Trainer(cfg, ref, out, engine, progress)  # checks the settings against the data
+        # checks the settings against the data, then picks model.layers = ["auto"]'s stage
+        trainer = Trainer(cfg, ref, out, engine, progress)
         scorer = _scorer(cfg, ref, engine, progress, trainer.images)
         replaced = ReplacedRun(out) if replacing else None  # the new run starts empty
         try:

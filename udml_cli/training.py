@@ -54,6 +54,10 @@ class Trainer:
                 f"train.batch_size ({cfg.train.batch_size}) must split evenly across the "
                 f"{engine.world_size} processes; choose a process count that divides it"
             )
+        if cfg.model.layers == ["auto"]:  # a resumed run's config names the stage it chose
+            from udml_cli.selection import choose_layers
+
+            choose_layers(cfg, samples, engine, progress, f"{ref.name}/train")
         seed_everything(cfg.train.seed)
         self.model = engine.prepare_model(build_network(cfg))
         init_head(self.model, cfg.model)  # "pca" waits for the first refresh's features
