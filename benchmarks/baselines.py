@@ -83,7 +83,7 @@ def run_dataset(dataset: str, pixels: list[int], image_size: int | None = None) 
     sets = [f"data.dataset={dataset}"]
     if image_size:  # the templates resize to 9/8 of the crop side
         sets += [f"data.image_size={image_size}", f"data.resize={image_size * 9 // 8}"]
-    cfg = load_config(ROOT / "templates" / TEMPLATES[dataset], sets)
+    cfg = load_config(ROOT / "templates" / TEMPLATES.get(dataset, "demo.toml"), sets)
     ref = resolve_dataset(cfg.data.dataset)
     engine = resolve_engine(cfg.engine)
     test = read_split(ref, "test")
